@@ -1,0 +1,131 @@
+"""Shared steps of every attention function: mask assembly and the weighted
+sum of values.
+
+Shape letters: B batch (any number of leading axes), T queries, S keys,
+N query heads, K key/value heads, H head dimension, H_v value head dimension.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from attention_jax import _checks
+from attention_jax import masks as masks_lib
+
+
+def build_mask(
+    batch_shape: tuple[int, ...],
+    num_heads: int,
+    query_length: int,
+    key_length: int,
+    *,
+    mask: ArrayLike | None = None,
+    is_causal: bool = False,
+    query_offset: ArrayLike | None = None,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+) -> jax.Array | None:
+  """Validate every masking argument and return their combined mask.
+
+  Returns:
+    A boolean array broadcastable to `[B..., N, T, S]`, or None when nothing
+    is masked.
+  """
+  full_shape = (*batch_shape, num_heads, query_length, key_length)
+  layout = "[B..., N, T, S]"
+  if mask is not None:
+    _checks.check_bool("mask", mask)
+    _checks.check_broadcastable("mask", mask, full_shape, layout)
+  if query_offset is not None:
+    offset_shape = _checks.shape_of(query_offset)
+    if offset_shape not in ((), tuple(batch_shape)):
+      raise ValueError(
+          "`query_offset` should be a scalar or have shape [B...] = "
+          f"{tuple(batch_shape)}, but got {offset_shape}")
+  for name, lengths in (("query_seq_lengths", query_seq_lengths),
+                        ("key_value_seq_lengths", key_value_seq_lengths)):
+    if lengths is not None:
+      _checks.check_integer(name, lengths)
+      _checks.check_exact_shape(name, lengths, batch_shape, "[B...]")
+  if (query_segment_ids is None) != (key_segment_ids is None):
+    raise ValueError(
+        "`query_segment_ids` and `key_segment_ids` should be given together, "
+        "but only one of them was given")
+  if query_segment_ids is not None:
+    _checks.check_exact_shape("query_segment_ids", query_segment_ids,
+                              (*batch_shape, query_length), "[B..., T]")
+    _checks.check_exact_shape("key_segment_ids", key_segment_ids,
+                              (*batch_shape, key_length), "[B..., S]")
+  window = _checks.normalize_window(local_window_size)
+
+  parts = [None if mask is None else jnp.asarray(mask)]
+  if is_causal:
+    parts.append(masks_lib.causal_mask(
+        query_length, key_length, query_offset=query_offset))
+  if window is not None:
+    parts.append(masks_lib.sliding_window_mask(
+        query_length, key_length, window, query_offset=query_offset))
+  parts.append(masks_lib.padding_mask(
+      query_length, key_length,
+      query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths))
+  if query_segment_ids is not None:
+    parts.append(masks_lib.segment_mask(query_segment_ids, key_segment_ids))
+  return masks_lib.combine_masks(*parts)
+
+
+def zero_unreachable_keys(
+    mask: jax.Array | None, *arrays: jax.Array
+) -> tuple[jax.Array, ...]:
+  """Set keys and values that no query may attend to to zero.
+
+  A weight of 0 times a NaN or infinite key or value is still NaN, so keys
+  that are masked for every query and head (padding, for example) are
+  replaced before the matrix products. This keeps them inert in the output
+  and in every gradient.
+
+  Args:
+    mask: boolean mask broadcastable to `[B..., N, T, S]`, or None.
+    *arrays: arrays of shape `[B..., S, K, ...]`.
+  """
+  if mask is None:
+    return arrays
+  mask = jnp.asarray(mask)
+  if mask.ndim < 3:
+    mask = mask[None]
+  # Right-aligned like the mask itself: [B..., S], where B may be shorter.
+  reachable = jnp.any(mask, axis=(-3, -2))
+  results = []
+  for array in arrays:
+    keep = jnp.reshape(reachable, reachable.shape + (1, 1))
+    results.append(jnp.where(keep, array, jnp.zeros((), array.dtype)))
+  return tuple(results)
+
+
+def weighted_values(weights: jax.Array, value: jax.Array) -> jax.Array:
+  """Return the weighted sum of values with grouped-query head mapping.
+
+  Query head n reads key/value head `n // (N // K)`.
+
+  Args:
+    weights: `[B..., N, T, S]` in the compute dtype (float32 or wider).
+    value: `[B..., S, K, H_v]`.
+
+  Returns:
+    `[B..., T, N, H_v]` in the dtype of `value`.
+  """
+  *batch, num_heads, query_length, key_length = weights.shape
+  num_kv_heads = value.shape[-2]
+  grouped = weights.reshape(
+      *batch, num_kv_heads, num_heads // num_kv_heads, query_length,
+      key_length)
+  out = jnp.einsum(
+      "...kgts,...skv->...tkgv", grouped.astype(value.dtype), value,
+      preferred_element_type=jnp.promote_types(value.dtype, jnp.float32))
+  return out.reshape(*batch, query_length, num_heads,
+                     value.shape[-1]).astype(value.dtype)

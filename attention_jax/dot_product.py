@@ -1,0 +1,225 @@
+"""Dot-product attention: the drop-in replacement for
+`jax.nn.dot_product_attention`.
+
+Shape letters: B batch (any number of leading axes, including none), T
+queries, S keys, N query heads, K key/value heads (K divides N), H head
+dimension, H_v value head dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from attention_jax import _attend
+from attention_jax import _checks
+from attention_jax import dropout as dropout_lib
+from attention_jax import scores as scores_lib
+from attention_jax.softmax import masked_softmax
+
+Implementation = Literal["reference", "xla"]
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla")
+
+
+def _check_value(key: jax.Array, value: jax.Array) -> None:
+  _checks.check_floating("value", value)
+  expected = (*key.shape[:-1],)
+  if value.ndim != key.ndim or tuple(value.shape[:-1]) != expected:
+    raise ValueError(
+        "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
+        f"{expected} as in `key`, but got {value.shape}")
+
+
+def _validated_mask(
+    query: jax.Array, key: jax.Array, bias: ArrayLike | None,
+    mask: ArrayLike | None, **mask_options,
+) -> jax.Array | None:
+  """Validate query, key, bias and masks; return the combined mask."""
+  scores_lib.check_query_key(query, key)
+  *batch, query_length, num_heads, _ = query.shape
+  key_length = key.shape[-3]
+  if bias is not None:
+    _checks.check_floating("bias", bias)
+    _checks.check_broadcastable(
+        "bias", bias, (*batch, num_heads, query_length, key_length),
+        "[B..., N, T, S]")
+  return _attend.build_mask(
+      tuple(batch), num_heads, query_length, key_length, mask=mask,
+      **mask_options)
+
+
+def _logits(
+    query: jax.Array, key: jax.Array, bias: ArrayLike | None,
+    scale: float | None,
+) -> jax.Array:
+  logits = scores_lib.scaled_dot_product_scores(query, key, scale)
+  if bias is not None:
+    logits = logits + jnp.asarray(bias).astype(logits.dtype)
+  return logits
+
+
+def dot_product_attention_weights(
+    query: ArrayLike,
+    key: ArrayLike,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_offset: ArrayLike | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = False,
+) -> jax.Array:
+  """Compute attention weights `softmax(scale * q . k + bias)` over keys.
+
+  Arguments have the meaning they have in `dot_product_attention`.
+
+  Returns:
+    Weights `[B..., N, T, S]` in the dtype of `query`; rows with no visible
+    key are all zeros.
+  """
+  query, key = jnp.asarray(query), jnp.asarray(key)
+  _checks.check_dropout_rate(dropout_rate)
+  combined = _validated_mask(
+      query, key, bias, mask, is_causal=is_causal,
+      query_offset=query_offset, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=local_window_size,
+      query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  (key,) = _attend.zero_unreachable_keys(combined, key)
+  weights = masked_softmax(_logits(query, key, bias, scale), combined)
+  weights = dropout_lib.attention_dropout(
+      weights, dropout_rate, dropout_rng, deterministic=deterministic)
+  return weights.astype(query.dtype)
+
+
+def dot_product_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    implementation: Implementation | None = None,
+    return_residual: bool = False,
+    query_offset: ArrayLike | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = False,
+    return_weights: bool = False,
+):
+  r"""Scaled dot-product attention with grouped-query heads.
+
+  For each head computes
+
+  .. math::
+    \mathrm{softmax}\left(\mathrm{scale} \cdot QK^T + \mathrm{bias}\right) V
+
+  over the keys that every mask allows. Query head n reads key/value head
+  `n // (N // K)`: K = N is multi-head, 1 < K < N grouped-query and K = 1
+  multi-query attention.
+
+  The positional arguments and the keyword arguments up to
+  `return_residual` mean what they mean in `jax.nn.dot_product_attention`,
+  with two differences:
+
+  * A query row that no key may attend to returns zeros (and zero
+    gradients), not NaN or an average of all values.
+  * Causal and window masks align bottom-right: with T != S, query `t` sits
+    at key position `S - T + t` (set `query_offset` to change that).
+    `jax.nn` aligns them top-left. For T == S the two agree.
+
+  Masked keys are removed with `where`, never by adding a large negative
+  number, so a masked logit or key that is huge, infinite or NaN does not
+  leak into the output. Logits and softmax are computed in float32 for
+  bfloat16 and float16 inputs; the output has the dtype of `value`.
+
+  Args:
+    query: `[B..., T, N, H]`.
+    key: `[B..., S, K, H]` with K dividing N.
+    value: `[B..., S, K, H_v]`.
+    bias: added to the logits; broadcastable to `[B..., N, T, S]`.
+    mask: boolean, True where a query may attend to a key; broadcastable to
+      `[B..., N, T, S]`.
+    scale: logit multiplier; None means `1 / sqrt(H)`, 1.0 gives unscaled
+      dot-product attention.
+    is_causal: hide keys after each query's position.
+    query_seq_lengths: integer `[B...]`; queries at `t >= length` are
+      padding and return zeros.
+    key_value_seq_lengths: integer `[B...]`; keys at `s >= length` are
+      padding.
+    local_window_size: `(left, right)`: the query at position p sees keys
+      in `[p - left, p + right]`. One int `w` means `(w, w)`.
+    implementation: `"reference"` (or its alias `"xla"`) materializes the
+      `[B..., N, T, S]` weights. None picks the best available path.
+    return_residual: also return the log-sum-exp of the logits over visible
+      keys, `[B..., T, N]` (`-inf` for rows with no visible key).
+    query_offset: absolute position of the first query (scalar or integer
+      `[B...]`) for the causal and window masks; defaults to `S - T`.
+    query_segment_ids: integer `[B..., T]`; with `key_segment_ids`
+      (`[B..., S]`) restricts attention to equal ids, for packed sequences.
+    key_segment_ids: see `query_segment_ids`.
+    dropout_rate: probability of dropping each attention weight.
+    dropout_rng: PRNG key for dropout; None turns dropout off.
+    deterministic: turn dropout off (use at inference).
+    return_weights: also return the weights `[B..., N, T, S]` (after
+      dropout) in the dtype of `query`.
+
+  Returns:
+    The output `[B..., T, N, H_v]`; with `return_residual` or
+    `return_weights`, a tuple of the output followed by the residual and
+    then the weights, in that order, for the ones requested.
+
+  Raises:
+    ValueError: for shapes that do not match the layouts above, an unknown
+      `implementation` or an invalid window or dropout rate.
+    TypeError: for a non-floating query, key, value or bias, a non-boolean
+      mask or non-integer lengths, offsets or segment ids.
+  """
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"`implementation` should be one of {IMPLEMENTATIONS} or None, but "
+        f"got {implementation!r}")
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  scores_lib.check_query_key(query, key)
+  _check_value(key, value)
+  _checks.check_dropout_rate(dropout_rate)
+
+  combined = _validated_mask(
+      query, key, bias, mask, is_causal=is_causal,
+      query_offset=query_offset, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=local_window_size,
+      query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  key, value = _attend.zero_unreachable_keys(combined, key, value)
+
+  logits = _logits(query, key, bias, scale)
+  weights, logsumexp = masked_softmax(logits, combined, return_logsumexp=True)
+  weights = dropout_lib.attention_dropout(
+      weights, dropout_rate, dropout_rng, deterministic=deterministic)
+  out = _attend.weighted_values(weights, value)
+
+  extras = []
+  if return_residual:
+    extras.append(jnp.swapaxes(logsumexp, -1, -2))
+  if return_weights:
+    extras.append(weights.astype(query.dtype))
+  if extras:
+    return (out, *extras)
+  return out
