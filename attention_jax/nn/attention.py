@@ -146,7 +146,8 @@ class MultiHeadAttention(nnx.Module):
       return_weights: also return the weights `[B..., N, T, S]`.
       sow_weights: store the weights as the `nnx.Intermediate`
         `attention_weights`, for inspection without changing the return
-        value.
+        value; collect them by calling the model through
+        `nnx.capture(model, nnx.Intermediate)`.
 
     Returns:
       `[B..., T, out_features]`, or `(output, weights)`.
