@@ -15,6 +15,57 @@ from attention_jax import _checks
 from attention_jax import masks as masks_lib
 
 
+def validate_mask_options(
+    batch_shape: tuple[int, ...],
+    num_heads: int,
+    query_length: int,
+    key_length: int,
+    *,
+    mask: ArrayLike | None = None,
+    is_causal: bool = False,
+    query_offset: ArrayLike | None = None,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+) -> tuple[int, int] | None:
+  """Validate every masking argument without building any mask.
+
+  Returns:
+    The normalized `(left, right)` window, or None.
+  """
+  del is_causal
+  full_shape = (*batch_shape, num_heads, query_length, key_length)
+  if mask is not None:
+    _checks.check_bool("mask", mask)
+    _checks.check_broadcastable("mask", mask, full_shape, "[B..., N, T, S]")
+  if query_offset is not None:
+    _checks.check_integer("query_offset", query_offset)
+    offset_shape = _checks.shape_of(query_offset)
+    if offset_shape not in ((), tuple(batch_shape)):
+      raise ValueError(
+          "`query_offset` should be a scalar or have shape [B...] = "
+          f"{tuple(batch_shape)}, but got {offset_shape}")
+  for name, lengths in (("query_seq_lengths", query_seq_lengths),
+                        ("key_value_seq_lengths", key_value_seq_lengths)):
+    if lengths is not None:
+      _checks.check_integer(name, lengths)
+      _checks.check_exact_shape(name, lengths, batch_shape, "[B...]")
+  if (query_segment_ids is None) != (key_segment_ids is None):
+    raise ValueError(
+        "`query_segment_ids` and `key_segment_ids` should be given together, "
+        "but only one of them was given")
+  if query_segment_ids is not None:
+    _checks.check_integer("query_segment_ids", query_segment_ids)
+    _checks.check_integer("key_segment_ids", key_segment_ids)
+    _checks.check_exact_shape("query_segment_ids", query_segment_ids,
+                              (*batch_shape, query_length), "[B..., T]")
+    _checks.check_exact_shape("key_segment_ids", key_segment_ids,
+                              (*batch_shape, key_length), "[B..., S]")
+  return _checks.normalize_window(local_window_size)
+
+
 def build_mask(
     batch_shape: tuple[int, ...],
     num_heads: int,
@@ -36,32 +87,12 @@ def build_mask(
     A boolean array broadcastable to `[B..., N, T, S]`, or None when nothing
     is masked.
   """
-  full_shape = (*batch_shape, num_heads, query_length, key_length)
-  layout = "[B..., N, T, S]"
-  if mask is not None:
-    _checks.check_bool("mask", mask)
-    _checks.check_broadcastable("mask", mask, full_shape, layout)
-  if query_offset is not None:
-    offset_shape = _checks.shape_of(query_offset)
-    if offset_shape not in ((), tuple(batch_shape)):
-      raise ValueError(
-          "`query_offset` should be a scalar or have shape [B...] = "
-          f"{tuple(batch_shape)}, but got {offset_shape}")
-  for name, lengths in (("query_seq_lengths", query_seq_lengths),
-                        ("key_value_seq_lengths", key_value_seq_lengths)):
-    if lengths is not None:
-      _checks.check_integer(name, lengths)
-      _checks.check_exact_shape(name, lengths, batch_shape, "[B...]")
-  if (query_segment_ids is None) != (key_segment_ids is None):
-    raise ValueError(
-        "`query_segment_ids` and `key_segment_ids` should be given together, "
-        "but only one of them was given")
-  if query_segment_ids is not None:
-    _checks.check_exact_shape("query_segment_ids", query_segment_ids,
-                              (*batch_shape, query_length), "[B..., T]")
-    _checks.check_exact_shape("key_segment_ids", key_segment_ids,
-                              (*batch_shape, key_length), "[B..., S]")
-  window = _checks.normalize_window(local_window_size)
+  window = validate_mask_options(
+      batch_shape, num_heads, query_length, key_length, mask=mask,
+      query_offset=query_offset, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=local_window_size,
+      query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
 
   parts = [None if mask is None else jnp.asarray(mask)]
   if is_causal:
@@ -129,3 +160,38 @@ def weighted_values(weights: jax.Array, value: jax.Array) -> jax.Array:
       preferred_element_type=jnp.promote_types(value.dtype, jnp.float32))
   return out.reshape(*batch, query_length, num_heads,
                      value.shape[-1]).astype(value.dtype)
+
+
+def modify_logits(
+    logits: jax.Array,
+    bias: jax.Array | None,
+    *,
+    logits_soft_cap: float | None,
+    score_mod,
+    indices: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
+) -> jax.Array:
+  """Apply soft-capping, the bias and `score_mod` to scaled logits, in order.
+
+  Soft-capping maps `x` to `cap * tanh(x / cap)`. `score_mod(score, batch,
+  head, q_index, kv_index)` receives broadcastable integer index arrays and
+  returns the new scores. Every implementation applies the steps in this
+  order, so they agree.
+  """
+  if logits_soft_cap is not None:
+    cap = jnp.asarray(logits_soft_cap, logits.dtype)
+    logits = cap * jnp.tanh(logits / cap)
+  if bias is not None:
+    logits = logits + bias.astype(logits.dtype)
+  if score_mod is not None:
+    logits = score_mod(logits, *indices).astype(logits.dtype)
+  return logits
+
+
+def evaluate_mask_mod(mask_mod, indices) -> jax.Array:
+  """Call `mask_mod(batch, head, q_index, kv_index)` and check its dtype."""
+  allowed = jnp.asarray(mask_mod(*indices))
+  if allowed.dtype != jnp.bool_:
+    raise TypeError(
+        "`mask_mod` should return a boolean array (True where attention is "
+        f"allowed), but returned dtype {allowed.dtype}")
+  return allowed

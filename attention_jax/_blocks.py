@@ -1,0 +1,142 @@
+"""Block layout for the chunked implementation.
+
+Inside the chunked path every array uses a flat batch axis and splits the
+query heads into key/value groups: query `[B, K, G, T, H]`, key
+`[B, K, S, H]`, value `[B, K, S, H_v]`, with `N = K * G`. Masks and biases
+become `[B or 1, K or 1, G or 1, T or 1, S or 1]`, so that a bias shared
+across the batch or heads is never copied, and the T and S axes are padded
+to whole blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Static description of one chunked attention call (hashable for jit)."""
+
+  query_length: int
+  key_length: int
+  num_kv_heads: int
+  group_size: int
+  block_q: int
+  block_k: int
+  scale: float
+  is_causal: bool
+  window: tuple[int, int] | None
+  logits_soft_cap: float | None
+  score_mod: Callable | None
+  mask_mod: Callable | None
+  has_bias: bool
+  has_mask: bool
+  has_query_lengths: bool
+  has_key_lengths: bool
+  has_segments: bool
+  has_offset: bool
+
+  @property
+  def num_q_blocks(self) -> int:
+    return math.ceil(self.query_length / self.block_q)
+
+  @property
+  def num_k_blocks(self) -> int:
+    return math.ceil(self.key_length / self.block_k)
+
+  @property
+  def padded_query_length(self) -> int:
+    return self.num_q_blocks * self.block_q
+
+  @property
+  def padded_key_length(self) -> int:
+    return self.num_k_blocks * self.block_k
+
+  @property
+  def uses_positions(self) -> bool:
+    return self.is_causal or self.window is not None
+
+  @property
+  def needs_bounds(self) -> bool:
+    """Whether the last key block contains padding.
+
+    Padded query rows need no mask: their outputs are sliced away and their
+    output gradients are zero.
+    """
+    return self.key_length % self.block_k != 0
+
+  @property
+  def has_tile_mask(self) -> bool:
+    return (self.needs_bounds or self.uses_positions or self.has_mask
+            or self.has_query_lengths or self.has_key_lengths
+            or self.has_segments or self.mask_mod is not None)
+
+  @property
+  def can_produce_neg_inf(self) -> bool:
+    """Whether logits can be -inf, which counts as masked."""
+    return self.has_bias or self.score_mod is not None
+
+
+def to_block_layout(
+    x: jax.Array | None,
+    batch_shape: tuple[int, ...],
+    num_kv_heads: int,
+    group_size: int,
+    padded_lengths: tuple[int, int],
+    fill,
+) -> jax.Array | None:
+  """Reshape a `[B..., N, T, S]`-broadcastable array to the 5-D block layout.
+
+  Axes of size 1 stay size 1; full T and S axes are padded with `fill` up to
+  `padded_lengths`.
+  """
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  rank = len(batch_shape) + 3
+  x = x.reshape((1,) * (rank - x.ndim) + x.shape)
+  batch_part = x.shape[:len(batch_shape)]
+  if all(size == 1 for size in batch_part):
+    flat_batch = 1
+  else:
+    x = jnp.broadcast_to(x, tuple(batch_shape) + x.shape[len(batch_shape):])
+    flat_batch = int(np.prod(batch_shape, dtype=np.int64))
+  heads, rows, cols = x.shape[-3:]
+  head_shape = (1, 1) if heads == 1 else (num_kv_heads, group_size)
+  x = x.reshape(flat_batch, *head_shape, rows, cols)
+  pad_rows = padded_lengths[0] - rows if rows != 1 else 0
+  pad_cols = padded_lengths[1] - cols if cols != 1 else 0
+  if pad_rows or pad_cols:
+    x = jnp.pad(x, ((0, 0),) * 3 + ((0, pad_rows), (0, pad_cols)),
+                constant_values=fill)
+  return x
+
+
+def tile_of(
+    x: jax.Array | None, q_start, k_start, block_q: int, block_k: int
+) -> jax.Array | None:
+  """Slice the `[block_q, block_k]` tile at `(q_start, k_start)` of a
+  block-layout array, keeping broadcast axes of size 1."""
+  if x is None:
+    return None
+  rows, cols = x.shape[-2:]
+  if rows != 1:
+    x = jax.lax.dynamic_slice_in_dim(x, q_start, block_q, axis=3)
+  if cols != 1:
+    x = jax.lax.dynamic_slice_in_dim(x, k_start, block_k, axis=4)
+  return x
+
+
+def reduce_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sum `x` over the axes on which `shape` has size 1 (undo broadcasting)."""
+  axes = tuple(axis for axis, size in enumerate(shape)
+               if size == 1 and x.shape[axis] != 1)
+  if axes:
+    x = jnp.sum(x, axis=axes, keepdims=True)
+  return x

@@ -1,0 +1,309 @@
+"""Online-softmax attention over blocks, with a recomputing custom VJP.
+
+The forward pass walks query blocks in sequence and, for each, the range of
+key blocks that its causal or window mask can reach, keeping a running
+maximum, normalizer and weighted sum (FlashAttention, Dao et al. 2022). It
+stores only the output and the per-row log-sum-exp. The backward pass
+recomputes each tile's weights from the log-sum-exp instead of storing them,
+so memory grows linearly in T and S.
+
+Tiles that the causal, window, length or key-range bounds exclude are never
+visited; tiles inside the range whose mask is all False (segments, dense
+masks, `mask_mod`) are skipped with `lax.cond`. Arrays use the layout of
+`_blocks`: query `[B, K, G, T, H]`, key `[B, K, S, H]`, value
+`[B, K, S, H_v]`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax import _attend
+from attention_jax._blocks import Plan, reduce_to_shape, tile_of
+
+_F32 = jnp.float32
+
+
+def _tile_indices(plan: Plan, q_start, k_start):
+  """Return broadcastable (batch, head, q_index, kv_index) for one tile.
+
+  The batch index is flat over all leading batch axes.
+  """
+  num_heads = plan.num_kv_heads * plan.group_size
+  heads = jnp.arange(num_heads, dtype=jnp.int32).reshape(
+      1, plan.num_kv_heads, plan.group_size, 1, 1)
+  q_index = (q_start + jnp.arange(plan.block_q, dtype=jnp.int32))
+  k_index = (k_start + jnp.arange(plan.block_k, dtype=jnp.int32))
+  return heads, q_index.reshape(1, 1, 1, -1, 1), k_index.reshape(1, 1, 1, 1, -1)
+
+
+def _batch_index(batch_size: int) -> jax.Array:
+  return jnp.arange(batch_size, dtype=jnp.int32).reshape(-1, 1, 1, 1, 1)
+
+
+def _per_batch(x: jax.Array) -> jax.Array:
+  return x.reshape(-1, 1, 1, 1, 1)
+
+
+def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start):
+  """Return the boolean mask of one tile (broadcastable), or None."""
+  heads, q_index, k_index = _tile_indices(plan, q_start, k_start)
+  parts = []
+  if plan.needs_bounds:
+    parts.append(k_index < plan.key_length)
+  if plan.uses_positions:
+    if plan.has_offset:
+      positions = _per_batch(aux["offset"]) + q_index
+    else:
+      positions = q_index + (plan.key_length - plan.query_length)
+    distance = k_index - positions
+    if plan.is_causal:
+      parts.append(distance <= 0)
+    if plan.window is not None:
+      left, right = plan.window
+      parts.append((distance >= -left) & (distance <= right))
+  if plan.has_query_lengths:
+    parts.append(q_index < _per_batch(aux["query_lengths"]))
+  if plan.has_key_lengths:
+    parts.append(k_index < _per_batch(aux["key_lengths"]))
+  if plan.has_segments:
+    query_ids = jax.lax.dynamic_slice_in_dim(
+        aux["query_segments"], q_start, plan.block_q, axis=1)
+    key_ids = jax.lax.dynamic_slice_in_dim(
+        aux["key_segments"], k_start, plan.block_k, axis=1)
+    same = query_ids[:, :, None] == key_ids[:, None, :]
+    parts.append(same[:, None, None])
+  if plan.has_mask:
+    parts.append(tile_of(aux["mask"], q_start, k_start, plan.block_q,
+                         plan.block_k))
+  if plan.mask_mod is not None:
+    indices = (_batch_index(batch_size), heads, q_index, k_index)
+    parts.append(_attend.evaluate_mask_mod(plan.mask_mod, indices))
+  if not parts:
+    return None
+  result = parts[0]
+  for part in parts[1:]:
+    result = result & part
+  return result
+
+
+def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_block,
+                k_block, bias_tile):
+  """Return the modified, scaled logits of one tile, `[B, K, G, bq, bk]`."""
+  logits = jnp.einsum("bkgqh,bksh->bkgqs", q_block, k_block,
+                      preferred_element_type=_F32)
+  logits = logits * jnp.asarray(plan.scale, _F32)
+  indices = None
+  if plan.score_mod is not None:
+    heads, q_index, k_index = _tile_indices(plan, q_start, k_start)
+    indices = (_batch_index(batch_size), heads, q_index, k_index)
+  return _attend.modify_logits(
+      logits, bias_tile, logits_soft_cap=plan.logits_soft_cap,
+      score_mod=plan.score_mod, indices=indices)
+
+
+def _valid(plan: Plan, mask, logits):
+  if plan.can_produce_neg_inf:
+    finite_below = logits != -jnp.inf
+    return finite_below if mask is None else mask & finite_below
+  return mask
+
+
+def key_block_range(plan: Plan, aux: dict, block):
+  """Return `[first, last)` key blocks that query block `block` can see."""
+  first = jnp.int32(0)
+  last = jnp.int32(plan.num_k_blocks)
+  q_first = block * plan.block_q
+  q_last = jnp.minimum(q_first + plan.block_q, plan.query_length) - 1
+  if plan.uses_positions:
+    if plan.has_offset:
+      low, high = jnp.min(aux["offset"]), jnp.max(aux["offset"])
+    else:
+      low = high = plan.key_length - plan.query_length
+    first_position = low + q_first
+    last_position = high + q_last
+    if plan.is_causal:
+      last = jnp.minimum(last, last_position // plan.block_k + 1)
+    if plan.window is not None:
+      left, right = plan.window
+      first = jnp.maximum(first, (first_position - left) // plan.block_k)
+      last = jnp.minimum(last, (last_position + right) // plan.block_k + 1)
+  if plan.has_key_lengths:
+    longest = jnp.max(aux["key_lengths"])
+    last = jnp.minimum(last, -(-longest // plan.block_k))
+  if plan.has_query_lengths:
+    last = jnp.where(q_first < jnp.max(aux["query_lengths"]), last, first)
+  first = jnp.clip(first, 0, plan.num_k_blocks).astype(jnp.int32)
+  last = jnp.clip(last, first, plan.num_k_blocks).astype(jnp.int32)
+  return first, last
+
+
+def _skip_empty(mask, update, carry):
+  """Run `update(carry)` unless the tile's mask is all False."""
+  if mask is None:
+    return update(carry)
+  return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry)
+
+
+def _forward(plan: Plan, query, key, value, bias, aux):
+  batch_size = query.shape[0]
+  out_shape = query.shape[:3] + (plan.block_q, value.shape[-1])
+  row_shape = query.shape[:3] + (plan.block_q, 1)
+
+  def query_block(block):
+    q_start = block * plan.block_q
+    q_block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
+
+    def visit(k_block_index, carry):
+      k_start = k_block_index * plan.block_k
+      mask = tile_mask(plan, aux, batch_size, q_start, k_start)
+
+      def update(carry):
+        row_max, total, acc = carry
+        k_block = jax.lax.dynamic_slice_in_dim(key, k_start, plan.block_k, 2)
+        v_block = jax.lax.dynamic_slice_in_dim(
+            value, k_start, plan.block_k, 2)
+        logits = tile_logits(
+            plan, batch_size, q_start, k_start, q_block, k_block,
+            tile_of(bias, q_start, k_start, plan.block_q, plan.block_k))
+        valid = _valid(plan, mask, logits)
+        if valid is not None:
+          logits = jnp.where(valid, logits, -jnp.inf)
+        new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
+        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+        probs = jnp.exp(logits - shift)
+        correction = jnp.exp(row_max - shift)
+        total = total * correction + jnp.sum(probs, -1, keepdims=True)
+        acc = acc * correction + jnp.einsum(
+            "bkgqs,bksv->bkgqv", probs.astype(value.dtype), v_block,
+            preferred_element_type=_F32)
+        return new_max, total, acc
+
+      return _skip_empty(mask, update, carry)
+
+    first, last = key_block_range(plan, aux, block)
+    init = (jnp.full(row_shape, -jnp.inf, _F32), jnp.zeros(row_shape, _F32),
+            jnp.zeros(out_shape, _F32))
+    row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
+    seen = total > 0
+    out = acc / jnp.where(seen, total, 1.0)
+    logsumexp = jnp.where(seen, row_max + jnp.log(jnp.where(seen, total, 1.0)),
+                          -jnp.inf)
+    return out.astype(value.dtype), logsumexp[..., 0]
+
+  outs, logsumexps = jax.lax.map(
+      query_block, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
+  # [num_q_blocks, B, K, G, bq, ...] -> [B, K, G, T_padded, ...]
+  out = jnp.moveaxis(outs, 0, 3).reshape(
+      query.shape[:3] + (plan.padded_query_length, value.shape[-1]))
+  logsumexp = jnp.moveaxis(logsumexps, 0, 3).reshape(
+      query.shape[:3] + (plan.padded_query_length,))
+  return out, logsumexp
+
+
+def _backward(plan: Plan, residuals, cotangents):
+  query, key, value, bias, aux, out, logsumexp = residuals
+  d_out, d_logsumexp = cotangents
+  batch_size = query.shape[0]
+  d_out = d_out.astype(_F32)
+  # The row term of the softmax gradient, sum_v dO_tv O_tv, minus the
+  # log-sum-exp's own cotangent (d lse / d logit is the weight itself).
+  row_dot = (jnp.sum(d_out * out.astype(_F32), axis=-1, keepdims=True)
+             - d_logsumexp.astype(_F32)[..., None])
+  safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)[..., None]
+
+  def query_block(carry, block):
+    q_start = block * plan.block_q
+    q_block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
+    do_block = jax.lax.dynamic_slice_in_dim(d_out, q_start, plan.block_q, 3)
+    lse_block = jax.lax.dynamic_slice_in_dim(
+        safe_logsumexp, q_start, plan.block_q, 3)
+    dot_block = jax.lax.dynamic_slice_in_dim(
+        row_dot, q_start, plan.block_q, 3)
+
+    def visit(k_block_index, inner):
+      k_start = k_block_index * plan.block_k
+      mask = tile_mask(plan, aux, batch_size, q_start, k_start)
+
+      def update(inner):
+        dq, dk, dv, dbias = inner
+        k_block = jax.lax.dynamic_slice_in_dim(key, k_start, plan.block_k, 2)
+        v_block = jax.lax.dynamic_slice_in_dim(
+            value, k_start, plan.block_k, 2)
+        bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
+                            plan.block_k)
+        logits, pullback = jax.vjp(
+            functools.partial(tile_logits, plan, batch_size, q_start,
+                              k_start),
+            q_block, k_block, bias_tile)
+        valid = _valid(plan, mask, logits)
+        if valid is not None:
+          logits = jnp.where(valid, logits, -jnp.inf)
+        probs = jnp.exp(logits - lse_block)
+        dv_tile = jnp.einsum("bkgqs,bkgqv->bksv", probs, do_block)
+        d_probs = jnp.einsum("bkgqv,bksv->bkgqs", do_block,
+                             v_block.astype(_F32))
+        d_logits = probs * (d_probs - dot_block)
+        dq_tile, dk_tile, dbias_tile = pullback(d_logits)
+        dq = dq + dq_tile.astype(_F32)
+        dk = _add_at(dk, dk_tile, k_start, axis=2)
+        dv = _add_at(dv, dv_tile, k_start, axis=2)
+        if dbias is not None:
+          dbias = _add_bias_grad(dbias, dbias_tile, q_start, k_start)
+        return dq, dk, dv, dbias
+
+      return _skip_empty(mask, update, inner)
+
+    dk, dv, dbias = carry
+    first, last = key_block_range(plan, aux, block)
+    dq = jnp.zeros(q_block.shape, _F32)
+    dq, dk, dv, dbias = jax.lax.fori_loop(
+        first, last, visit, (dq, dk, dv, dbias))
+    return (dk, dv, dbias), dq
+
+  init = (jnp.zeros(key.shape, _F32), jnp.zeros(value.shape, _F32),
+          None if bias is None else jnp.zeros(bias.shape, _F32))
+  (dk, dv, dbias), dqs = jax.lax.scan(
+      query_block, init, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
+  dq = jnp.moveaxis(dqs, 0, 3).reshape(query.shape)
+  if dbias is not None:
+    dbias = dbias.astype(bias.dtype)
+  aux_cotangents = jax.tree.map(lambda _: None, aux)
+  return (dq.astype(query.dtype), dk.astype(key.dtype),
+          dv.astype(value.dtype), dbias, aux_cotangents)
+
+
+def _add_at(buffer, update, start, axis):
+  size = update.shape[axis]
+  current = jax.lax.dynamic_slice_in_dim(buffer, start, size, axis)
+  return jax.lax.dynamic_update_slice_in_dim(
+      buffer, current + update.astype(buffer.dtype), start, axis)
+
+
+def _add_bias_grad(dbias, tile_grad, q_start, k_start):
+  tile_grad = reduce_to_shape(tile_grad.astype(dbias.dtype),
+                              dbias.shape[:3] + tile_grad.shape[3:])
+  rows, cols = dbias.shape[-2:]
+  tile_grad = reduce_to_shape(
+      tile_grad, tile_grad.shape[:3] + (1 if rows == 1 else tile_grad.shape[3],
+                                        1 if cols == 1 else tile_grad.shape[4]))
+  starts = (0, 0, 0, q_start if rows != 1 else 0, k_start if cols != 1 else 0)
+  current = jax.lax.dynamic_slice(dbias, starts, tile_grad.shape)
+  return jax.lax.dynamic_update_slice(dbias, current + tile_grad, starts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def chunked_core(plan: Plan, query, key, value, bias, aux):
+  """Return `(out [B, K, G, T_pad, H_v], logsumexp [B, K, G, T_pad])`."""
+  return _forward(plan, query, key, value, bias, aux)
+
+
+def _core_fwd(plan, query, key, value, bias, aux):
+  out, logsumexp = _forward(plan, query, key, value, bias, aux)
+  return (out, logsumexp), (query, key, value, bias, aux, out, logsumexp)
+
+
+chunked_core.defvjp(_core_fwd, _backward)

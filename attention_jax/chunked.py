@@ -1,0 +1,175 @@
+"""Memory-efficient attention: exact attention computed block by block.
+
+`chunked_attention` accepts the arguments of `dot_product_attention`
+(except `return_weights`) plus score and mask hooks. Memory grows linearly
+in T and S because no `[T, S]` array is ever built, unless the caller
+passes a dense `mask` or `bias` of that size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from attention_jax import _attend
+from attention_jax import _checks
+from attention_jax import scores as scores_lib
+from attention_jax._blocks import Plan, to_block_layout
+from attention_jax._chunked_kernel import chunked_core
+
+DEFAULT_BLOCK_Q = 512
+DEFAULT_BLOCK_K = 512
+
+
+def _block_size(name: str, value: int, length: int) -> int:
+  if int(value) <= 0:
+    raise ValueError(f"`{name}` should be a positive integer, but got {value}")
+  # A block longer than the sequence only adds padding.
+  return int(min(int(value), max(length, 1)))
+
+
+def _flat(x: ArrayLike | None, batch_shape, trailing: int = 0):
+  if x is None:
+    return None
+  x = jnp.asarray(x, jnp.int32)
+  x = jnp.broadcast_to(x, tuple(batch_shape) + x.shape[x.ndim - trailing:])
+  return x.reshape((-1,) + x.shape[len(batch_shape):])
+
+
+def chunked_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    return_residual: bool = False,
+    query_offset: ArrayLike | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+    logits_soft_cap: float | None = None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_k: int = DEFAULT_BLOCK_K,
+):
+  """Exact attention with an online softmax over `[block_q, block_k]` tiles.
+
+  Returns what `dot_product_attention` returns for the same arguments, with
+  the same conventions, and differentiates through a custom VJP that
+  recomputes each tile instead of storing the `[T, S]` weights.
+
+  Args:
+    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+    key_value_seq_lengths, local_window_size, return_residual,
+    query_offset, query_segment_ids, key_segment_ids: as in
+      `dot_product_attention`.
+    logits_soft_cap: if set, logits become `cap * tanh(logits / cap)` before
+      the bias and `score_mod` are applied.
+    score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
+      modified logits; its index arguments are broadcastable int32 arrays
+      (`batch` is flat over all leading batch axes). It is evaluated per
+      tile, so a positional bias never becomes a `[T, S]` array. Arrays it
+      closes over are constants: gradients do not flow into them.
+    mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
+      array, True where attention is allowed, evaluated per tile.
+    block_q: queries per tile.
+    block_k: keys per tile.
+
+  Returns:
+    The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
+    with `return_residual`.
+  """
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  scores_lib.check_query_key(query, key)
+  _checks.check_floating("value", value)
+  if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1]:
+    raise ValueError(
+        "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
+        f"{key.shape[:-1]} as in `key`, but got {value.shape}")
+  *batch, query_length, num_heads, head_dim = query.shape
+  batch = tuple(batch)
+  key_length, num_kv_heads = key.shape[-3], key.shape[-2]
+  group_size = num_heads // num_kv_heads
+  if bias is not None:
+    _checks.check_floating("bias", bias)
+    _checks.check_broadcastable(
+        "bias", bias, (*batch, num_heads, query_length, key_length),
+        "[B..., N, T, S]")
+  window = _attend.validate_mask_options(
+      batch, num_heads, query_length, key_length, mask=mask,
+      query_offset=query_offset, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=local_window_size,
+      query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
+    raise ValueError(
+        f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
+
+  plan = Plan(
+      query_length=query_length, key_length=key_length,
+      num_kv_heads=num_kv_heads, group_size=group_size,
+      block_q=_block_size("block_q", block_q, query_length),
+      block_k=_block_size("block_k", block_k, key_length),
+      scale=float(scores_lib.default_scale(head_dim) if scale is None
+                  else scale),
+      is_causal=bool(is_causal), window=window,
+      logits_soft_cap=(None if logits_soft_cap is None
+                       else float(logits_soft_cap)),
+      score_mod=score_mod, mask_mod=mask_mod,
+      has_bias=bias is not None, has_mask=mask is not None,
+      has_query_lengths=query_seq_lengths is not None,
+      has_key_lengths=key_value_seq_lengths is not None,
+      has_segments=query_segment_ids is not None,
+      has_offset=query_offset is not None)
+  padded = (plan.padded_query_length, plan.padded_key_length)
+  flat_batch = int(np.prod(batch, dtype=np.int64))
+
+  # [B..., T, N, H] -> [B, K, G, T_padded, H]
+  q5 = query.reshape(flat_batch, query_length, num_kv_heads, group_size,
+                     head_dim).transpose(0, 2, 3, 1, 4)
+  q5 = jnp.pad(q5, ((0, 0),) * 3 + ((0, padded[0] - query_length), (0, 0)))
+  # [B..., S, K, H] -> [B, K, S_padded, H]
+  k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
+  v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
+  pad_keys = ((0, 0), (0, 0), (0, padded[1] - key_length), (0, 0))
+  k4 = jnp.pad(k4.transpose(0, 2, 1, 3), pad_keys)
+  v4 = jnp.pad(v4.transpose(0, 2, 1, 3), pad_keys)
+
+  bias5 = to_block_layout(bias, batch, num_kv_heads, group_size, padded, 0)
+  aux = {
+      "mask": to_block_layout(mask, batch, num_kv_heads, group_size, padded,
+                              False),
+      "offset": _flat(query_offset, batch),
+      "query_lengths": _flat(query_seq_lengths, batch),
+      "key_lengths": _flat(key_value_seq_lengths, batch),
+      "query_segments": None, "key_segments": None,
+  }
+  if query_segment_ids is not None:
+    aux["query_segments"] = jnp.pad(
+        _flat(query_segment_ids, batch, 1),
+        ((0, 0), (0, padded[0] - query_length)))
+    aux["key_segments"] = jnp.pad(
+        _flat(key_segment_ids, batch, 1),
+        ((0, 0), (0, padded[1] - key_length)))
+  aux = {name: array for name, array in aux.items() if array is not None}
+
+  out5, logsumexp = chunked_core(plan, q5, k4, v4, bias5, aux)
+
+  # [B, K, G, T_padded, H_v] -> [B..., T, N, H_v]
+  out = out5[..., :query_length, :].transpose(0, 3, 1, 2, 4).reshape(
+      *batch, query_length, num_heads, value.shape[-1])
+  if not return_residual:
+    return out
+  residual = logsumexp[..., :query_length].transpose(0, 3, 1, 2).reshape(
+      *batch, query_length, num_heads)
+  return out, residual
