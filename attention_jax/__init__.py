@@ -8,6 +8,7 @@ divides N), H head dimension (H_v for values).
 from attention_jax.additive import additive_attention
 from attention_jax.additive import multiplicative_attention
 from attention_jax.basic import basic_attention
+from attention_jax.chunked import chunked_attention
 from attention_jax.dot_product import dot_product_attention
 from attention_jax.dot_product import dot_product_attention_weights
 from attention_jax.dropout import attention_dropout
@@ -31,6 +32,7 @@ __all__ = [
     "attention_dropout",
     "basic_attention",
     "causal_mask",
+    "chunked_attention",
     "combine_masks",
     "dot_product_attention",
     "dot_product_attention_weights",

@@ -90,22 +90,55 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start):
   return result
 
 
-def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_block,
+def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
                 k_block, bias_tile):
-  """Return the modified, scaled logits of one tile, `[B, K, G, bq, bk]`."""
-  logits = jnp.einsum("bkgqh,bksh->bkgqs", q_block, k_block,
+  """Return the modified, scaled logits of one tile.
+
+  Args:
+    q_rows: `[B * K, G * bq, H]`, the query block with heads of a group
+      stacked as rows, so one matrix product serves the whole group.
+    k_block: `[B * K, bk, H]`.
+    bias_tile: block-layout bias tile or None.
+
+  Returns:
+    Logits `[B * K, G * bq, bk]` in float32.
+  """
+  logits = jnp.einsum("xrh,xsh->xrs", q_rows, k_block,
                       preferred_element_type=_F32)
-  logits = logits * jnp.asarray(plan.scale, _F32)
+  if plan.scale != 1.0:
+    logits = logits * jnp.asarray(plan.scale, _F32)
+  if bias_tile is None and plan.score_mod is None:
+    return _attend.modify_logits(
+        logits, None, logits_soft_cap=plan.logits_soft_cap, score_mod=None,
+        indices=None)
   indices = None
   if plan.score_mod is not None:
     heads, q_index, k_index = _tile_indices(plan, q_start, k_start)
     indices = (_batch_index(batch_size), heads, q_index, k_index)
-  return _attend.modify_logits(
-      logits, bias_tile, logits_soft_cap=plan.logits_soft_cap,
+  logits = _attend.modify_logits(
+      as_tile5(plan, logits), bias_tile, logits_soft_cap=plan.logits_soft_cap,
       score_mod=plan.score_mod, indices=indices)
+  return logits.reshape(-1, plan.group_size * plan.block_q, plan.block_k)
+
+
+def as_tile5(plan: Plan, x):
+  """View `[B * K, G * bq, ...]` rows as `[B, K, G, bq, ...]`."""
+  return x.reshape(-1, plan.num_kv_heads, plan.group_size, plan.block_q,
+                   *x.shape[2:])
+
+
+def as_rows(x):
+  """View `[B, K, G, bq, ...]` as `[B * K, G * bq, ...]`."""
+  return x.reshape(x.shape[0] * x.shape[1], x.shape[2] * x.shape[3],
+                   *x.shape[4:])
 
 
 def _valid(plan: Plan, mask, logits):
+  """Return the validity of a `[B * K, G * bq, bk]` logits tile, or None."""
+  if mask is not None:
+    full = (logits.shape[0] // plan.num_kv_heads, plan.num_kv_heads,
+            plan.group_size, plan.block_q, plan.block_k)
+    mask = as_rows(jnp.broadcast_to(mask, full))
   if plan.can_produce_neg_inf:
     finite_below = logits != -jnp.inf
     return finite_below if mask is None else mask & finite_below
@@ -148,14 +181,26 @@ def _skip_empty(mask, update, carry):
   return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry)
 
 
+def _query_rows(plan: Plan, query, q_start):
+  """Slice query block `[B, K, G, bq, H]` and view it as rows."""
+  block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
+  return as_rows(block)
+
+
+def _key_rows(x, k_start, block_k):
+  """Slice `[B, K, S, D]` to `[B * K, bk, D]`."""
+  block = jax.lax.dynamic_slice_in_dim(x, k_start, block_k, 2)
+  return block.reshape(-1, block_k, x.shape[-1])
+
+
 def _forward(plan: Plan, query, key, value, bias, aux):
   batch_size = query.shape[0]
-  out_shape = query.shape[:3] + (plan.block_q, value.shape[-1])
-  row_shape = query.shape[:3] + (plan.block_q, 1)
+  rows = plan.group_size * plan.block_q
+  flat = batch_size * plan.num_kv_heads
 
   def query_block(block):
     q_start = block * plan.block_q
-    q_block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
+    q_rows = _query_rows(plan, query, q_start)
 
     def visit(k_block_index, carry):
       k_start = k_block_index * plan.block_k
@@ -163,36 +208,39 @@ def _forward(plan: Plan, query, key, value, bias, aux):
 
       def update(carry):
         row_max, total, acc = carry
-        k_block = jax.lax.dynamic_slice_in_dim(key, k_start, plan.block_k, 2)
-        v_block = jax.lax.dynamic_slice_in_dim(
-            value, k_start, plan.block_k, 2)
+        k_rows = _key_rows(key, k_start, plan.block_k)
+        v_rows = _key_rows(value, k_start, plan.block_k)
         logits = tile_logits(
-            plan, batch_size, q_start, k_start, q_block, k_block,
+            plan, batch_size, q_start, k_start, q_rows, k_rows,
             tile_of(bias, q_start, k_start, plan.block_q, plan.block_k))
         valid = _valid(plan, mask, logits)
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
         new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
+        # A row with nothing visible yet keeps a maximum of -inf; shift it
+        # by 0 so that exp gives 0 instead of NaN.
         shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
         probs = jnp.exp(logits - shift)
         correction = jnp.exp(row_max - shift)
         total = total * correction + jnp.sum(probs, -1, keepdims=True)
         acc = acc * correction + jnp.einsum(
-            "bkgqs,bksv->bkgqv", probs.astype(value.dtype), v_block,
+            "xrs,xsv->xrv", probs.astype(value.dtype), v_rows,
             preferred_element_type=_F32)
         return new_max, total, acc
 
       return _skip_empty(mask, update, carry)
 
     first, last = key_block_range(plan, aux, block)
-    init = (jnp.full(row_shape, -jnp.inf, _F32), jnp.zeros(row_shape, _F32),
-            jnp.zeros(out_shape, _F32))
+    init = (jnp.full((flat, rows, 1), -jnp.inf, _F32),
+            jnp.zeros((flat, rows, 1), _F32),
+            jnp.zeros((flat, rows, value.shape[-1]), _F32))
     row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
     seen = total > 0
-    out = acc / jnp.where(seen, total, 1.0)
-    logsumexp = jnp.where(seen, row_max + jnp.log(jnp.where(seen, total, 1.0)),
-                          -jnp.inf)
-    return out.astype(value.dtype), logsumexp[..., 0]
+    safe_total = jnp.where(seen, total, 1.0)
+    out = acc / safe_total
+    logsumexp = jnp.where(seen, row_max + jnp.log(safe_total), -jnp.inf)
+    return (as_tile5(plan, out).astype(value.dtype),
+            as_tile5(plan, logsumexp)[..., 0])
 
   outs, logsumexps = jax.lax.map(
       query_block, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
@@ -217,12 +265,10 @@ def _backward(plan: Plan, residuals, cotangents):
 
   def query_block(carry, block):
     q_start = block * plan.block_q
-    q_block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
-    do_block = jax.lax.dynamic_slice_in_dim(d_out, q_start, plan.block_q, 3)
-    lse_block = jax.lax.dynamic_slice_in_dim(
-        safe_logsumexp, q_start, plan.block_q, 3)
-    dot_block = jax.lax.dynamic_slice_in_dim(
-        row_dot, q_start, plan.block_q, 3)
+    q_rows = _query_rows(plan, query, q_start)
+    do_rows = _query_rows(plan, d_out, q_start)
+    lse_rows = _query_rows(plan, safe_logsumexp, q_start)
+    dot_rows = _query_rows(plan, row_dot, q_start)
 
     def visit(k_block_index, inner):
       k_start = k_block_index * plan.block_k
@@ -230,27 +276,27 @@ def _backward(plan: Plan, residuals, cotangents):
 
       def update(inner):
         dq, dk, dv, dbias = inner
-        k_block = jax.lax.dynamic_slice_in_dim(key, k_start, plan.block_k, 2)
-        v_block = jax.lax.dynamic_slice_in_dim(
-            value, k_start, plan.block_k, 2)
+        k_rows = _key_rows(key, k_start, plan.block_k)
+        v_rows = _key_rows(value, k_start, plan.block_k)
         bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
                             plan.block_k)
         logits, pullback = jax.vjp(
             functools.partial(tile_logits, plan, batch_size, q_start,
                               k_start),
-            q_block, k_block, bias_tile)
+            q_rows, k_rows, bias_tile)
         valid = _valid(plan, mask, logits)
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
-        probs = jnp.exp(logits - lse_block)
-        dv_tile = jnp.einsum("bkgqs,bkgqv->bksv", probs, do_block)
-        d_probs = jnp.einsum("bkgqv,bksv->bkgqs", do_block,
-                             v_block.astype(_F32))
-        d_logits = probs * (d_probs - dot_block)
+        probs = jnp.exp(logits - lse_rows)
+        dv_tile = jnp.einsum("xrs,xrv->xsv", probs, do_rows)
+        d_probs = jnp.einsum("xrv,xsv->xrs", do_rows, v_rows.astype(_F32))
+        d_logits = probs * (d_probs - dot_rows)
         dq_tile, dk_tile, dbias_tile = pullback(d_logits)
         dq = dq + dq_tile.astype(_F32)
-        dk = _add_at(dk, dk_tile, k_start, axis=2)
-        dv = _add_at(dv, dv_tile, k_start, axis=2)
+        dk = _add_at(dk, dk_tile.reshape(dk.shape[:2] + dk_tile.shape[1:]),
+                     k_start, axis=2)
+        dv = _add_at(dv, dv_tile.reshape(dv.shape[:2] + dv_tile.shape[1:]),
+                     k_start, axis=2)
         if dbias is not None:
           dbias = _add_bias_grad(dbias, dbias_tile, q_start, k_start)
         return dq, dk, dv, dbias
@@ -259,10 +305,10 @@ def _backward(plan: Plan, residuals, cotangents):
 
     dk, dv, dbias = carry
     first, last = key_block_range(plan, aux, block)
-    dq = jnp.zeros(q_block.shape, _F32)
+    dq = jnp.zeros(q_rows.shape, _F32)
     dq, dk, dv, dbias = jax.lax.fori_loop(
         first, last, visit, (dq, dk, dv, dbias))
-    return (dk, dv, dbias), dq
+    return (dk, dv, dbias), as_tile5(plan, dq)
 
   init = (jnp.zeros(key.shape, _F32), jnp.zeros(value.shape, _F32),
           None if bias is None else jnp.zeros(bias.shape, _F32))

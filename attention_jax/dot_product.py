@@ -8,6 +8,7 @@ dimension, H_v value head dimension.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -18,10 +19,17 @@ from attention_jax import _attend
 from attention_jax import _checks
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
+from attention_jax.chunked import chunked_attention
 from attention_jax.softmax import masked_softmax
 
-Implementation = Literal["reference", "xla"]
-IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla")
+Implementation = Literal["reference", "xla", "chunked"]
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla", "chunked")
+
+# `implementation=None` switches from the reference path to the chunked one
+# once T * S reaches this many query-key pairs.
+# NOTE: measured with benchmarks/attention_speed.py on a 2-core x86-64 CPU
+# (float32, 8 heads, head dim 64); other machines may cross over elsewhere.
+CHUNKED_MIN_PAIRS = 512 * 512
 
 
 def _check_value(key: jax.Array, value: jax.Array) -> None:
@@ -31,6 +39,22 @@ def _check_value(key: jax.Array, value: jax.Array) -> None:
     raise ValueError(
         "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
         f"{expected} as in `key`, but got {value.shape}")
+
+
+def _drop_leading_unit_axes(x: ArrayLike | None, rank: int):
+  """Drop leading size-1 axes of `x` beyond `rank` dimensions.
+
+  `jax.nn.dot_product_attention` takes 4-D masks and biases for rank-3
+  inputs, for example `[1, N, T, S]`, so those are accepted here too. Axes
+  larger than 1 are kept for the broadcast check to reject.
+  """
+  if x is None:
+    return None
+  shape = _checks.shape_of(x)
+  extra = len(shape) - rank
+  if extra <= 0 or any(size != 1 for size in shape[:extra]):
+    return x
+  return jnp.reshape(jnp.asarray(x), shape[extra:])
 
 
 def _validated_mask(
@@ -51,14 +75,84 @@ def _validated_mask(
       **mask_options)
 
 
+def _reference_indices(batch_shape, num_heads, query_length, key_length):
+  """Return broadcastable (batch, head, q_index, kv_index) for
+  `[B..., N, T, S]`; the batch index is flat over all batch axes."""
+  flat_batch = 1
+  for size in batch_shape:
+    flat_batch *= size
+  batch = jnp.arange(flat_batch, dtype=jnp.int32).reshape(
+      *batch_shape, 1, 1, 1)
+  heads = jnp.arange(num_heads, dtype=jnp.int32)[:, None, None]
+  q_index = jnp.arange(query_length, dtype=jnp.int32)[:, None]
+  k_index = jnp.arange(key_length, dtype=jnp.int32)
+  return batch, heads, q_index, k_index
+
+
 def _logits(
     query: jax.Array, key: jax.Array, bias: ArrayLike | None,
-    scale: float | None,
+    scale: float | None, *, logits_soft_cap: float | None = None,
+    score_mod: Callable | None = None,
 ) -> jax.Array:
   logits = scores_lib.scaled_dot_product_scores(query, key, scale)
-  if bias is not None:
-    logits = logits + jnp.asarray(bias).astype(logits.dtype)
-  return logits
+  indices = None
+  if score_mod is not None:
+    indices = _reference_indices(logits.shape[:-3], *logits.shape[-3:])
+  return _attend.modify_logits(
+      logits, None if bias is None else jnp.asarray(bias),
+      logits_soft_cap=logits_soft_cap, score_mod=score_mod, indices=indices)
+
+
+def _with_mask_mod(
+    combined: jax.Array | None, mask_mod: Callable | None,
+    shape: tuple[int, ...],
+) -> jax.Array | None:
+  if mask_mod is None:
+    return combined
+  allowed = _attend.evaluate_mask_mod(
+      mask_mod, _reference_indices(shape[:-3], *shape[-3:]))
+  _checks.check_broadcastable("mask_mod(...)", allowed, shape,
+                              "[B..., N, T, S]")
+  return allowed if combined is None else combined & allowed
+
+
+def _check_soft_cap(logits_soft_cap: float | None) -> None:
+  if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
+    raise ValueError(
+        f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
+
+
+def _full_shape(query: jax.Array, key: jax.Array) -> tuple[int, ...]:
+  *batch, query_length, num_heads, _ = query.shape
+  return (*batch, num_heads, query_length, key.shape[-3])
+
+
+def _choose_implementation(
+    implementation: str | None, query: jax.Array, key: jax.Array, *,
+    return_weights: bool, dropout_active: bool,
+) -> str:
+  """Return "reference" or "chunked", or raise for an impossible request."""
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"`implementation` should be one of {IMPLEMENTATIONS} or None, but "
+        f"got {implementation!r}")
+  if implementation == "chunked":
+    if return_weights:
+      raise ValueError(
+          "implementation='chunked' never builds the [B..., N, T, S] "
+          "weights, so it cannot return them; use "
+          "implementation='reference' with `return_weights=True`")
+    if dropout_active:
+      raise ValueError(
+          "implementation='chunked' does not support attention dropout; use "
+          "implementation='reference' or set `deterministic=True`")
+    return "chunked"
+  if implementation in ("reference", "xla"):
+    return "reference"
+  if return_weights or dropout_active:
+    return "reference"
+  pairs = query.shape[-3] * key.shape[-3]
+  return "chunked" if pairs >= CHUNKED_MIN_PAIRS else "reference"
 
 
 def dot_product_attention_weights(
@@ -78,6 +172,9 @@ def dot_product_attention_weights(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     deterministic: bool = False,
+    logits_soft_cap: float | None = None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
 ) -> jax.Array:
   """Compute attention weights `softmax(scale * q . k + bias)` over keys.
 
@@ -88,15 +185,21 @@ def dot_product_attention_weights(
     key are all zeros.
   """
   query, key = jnp.asarray(query), jnp.asarray(key)
+  bias = _drop_leading_unit_axes(bias, query.ndim)
+  mask = _drop_leading_unit_axes(mask, query.ndim)
   _checks.check_dropout_rate(dropout_rate)
+  _check_soft_cap(logits_soft_cap)
   combined = _validated_mask(
       query, key, bias, mask, is_causal=is_causal,
       query_offset=query_offset, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths,
       local_window_size=local_window_size,
       query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  combined = _with_mask_mod(combined, mask_mod, _full_shape(query, key))
   (key,) = _attend.zero_unreachable_keys(combined, key)
-  weights = masked_softmax(_logits(query, key, bias, scale), combined)
+  logits = _logits(query, key, bias, scale, logits_soft_cap=logits_soft_cap,
+                   score_mod=score_mod)
+  weights = masked_softmax(logits, combined)
   weights = dropout_lib.attention_dropout(
       weights, dropout_rate, dropout_rng, deterministic=deterministic)
   return weights.astype(query.dtype)
@@ -123,6 +226,9 @@ def dot_product_attention(
     dropout_rng: jax.Array | None = None,
     deterministic: bool = False,
     return_weights: bool = False,
+    logits_soft_cap: float | None = None,
+    score_mod: Callable | None = None,
+    mask_mod: Callable | None = None,
 ):
   r"""Scaled dot-product attention with grouped-query heads.
 
@@ -167,7 +273,11 @@ def dot_product_attention(
     local_window_size: `(left, right)`: the query at position p sees keys
       in `[p - left, p + right]`. One int `w` means `(w, w)`.
     implementation: `"reference"` (or its alias `"xla"`) materializes the
-      `[B..., N, T, S]` weights. None picks the best available path.
+      `[B..., N, T, S]` weights; `"chunked"` computes attention block by
+      block with memory linear in T and S (see `chunked_attention`). None
+      picks the chunked path for `T * S >= CHUNKED_MIN_PAIRS` and the
+      reference path otherwise, and always the reference path when
+      `return_weights` or active dropout asks for it.
     return_residual: also return the log-sum-exp of the logits over visible
       keys, `[B..., T, N]` (`-inf` for rows with no visible key).
     query_offset: absolute position of the first query (scalar or integer
@@ -180,6 +290,13 @@ def dot_product_attention(
     deterministic: turn dropout off (use at inference).
     return_weights: also return the weights `[B..., N, T, S]` (after
       dropout) in the dtype of `query`.
+    logits_soft_cap: if set, logits become `cap * tanh(logits / cap)`
+      before the bias and `score_mod`.
+    score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
+      modified logits; the indices are broadcastable int32 arrays and
+      `batch` is flat over all batch axes.
+    mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
+      array, True where attention is allowed.
 
   Returns:
     The output `[B..., T, N, H_v]`; with `return_residual` or
@@ -192,14 +309,27 @@ def dot_product_attention(
     TypeError: for a non-floating query, key, value or bias, a non-boolean
       mask or non-integer lengths, offsets or segment ids.
   """
-  if implementation is not None and implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"`implementation` should be one of {IMPLEMENTATIONS} or None, but "
-        f"got {implementation!r}")
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  bias = _drop_leading_unit_axes(bias, query.ndim)
+  mask = _drop_leading_unit_axes(mask, query.ndim)
   scores_lib.check_query_key(query, key)
   _check_value(key, value)
   _checks.check_dropout_rate(dropout_rate)
+  _check_soft_cap(logits_soft_cap)
+  dropout_active = (dropout_rate > 0.0 and dropout_rng is not None
+                    and not deterministic)
+  chosen = _choose_implementation(
+      implementation, query, key, return_weights=return_weights,
+      dropout_active=dropout_active)
+  if chosen == "chunked":
+    return chunked_attention(
+        query, key, value, bias, mask, scale=scale, is_causal=is_causal,
+        query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
+        local_window_size=local_window_size, return_residual=return_residual,
+        query_offset=query_offset, query_segment_ids=query_segment_ids,
+        key_segment_ids=key_segment_ids, logits_soft_cap=logits_soft_cap,
+        score_mod=score_mod, mask_mod=mask_mod)
 
   combined = _validated_mask(
       query, key, bias, mask, is_causal=is_causal,
@@ -207,9 +337,11 @@ def dot_product_attention(
       key_value_seq_lengths=key_value_seq_lengths,
       local_window_size=local_window_size,
       query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  combined = _with_mask_mod(combined, mask_mod, _full_shape(query, key))
   key, value = _attend.zero_unreachable_keys(combined, key, value)
 
-  logits = _logits(query, key, bias, scale)
+  logits = _logits(query, key, bias, scale, logits_soft_cap=logits_soft_cap,
+                   score_mod=score_mod)
   weights, logsumexp = masked_softmax(logits, combined, return_logsumexp=True)
   weights = dropout_lib.attention_dropout(
       weights, dropout_rate, dropout_rng, deterministic=deterministic)
