@@ -174,11 +174,19 @@ def key_block_range(plan: Plan, aux: dict, block):
   return first, last
 
 
-def _skip_empty(mask, update, carry):
-  """Run `update(carry)` unless the tile's mask is all False."""
+def _visit_tile(mask, update, carry):
+  """Skip an all-False tile, and drop the mask of an all-True one.
+
+  `update(carry, mask)` takes the mask, or None when every entry is
+  visible; interior tiles of a causal or window mask then need no `where`.
+  """
   if mask is None:
-    return update(carry)
-  return jax.lax.cond(jnp.any(mask), update, lambda c: c, carry)
+    return update(carry, None)
+  branch = jnp.where(jnp.any(mask), jnp.where(jnp.all(mask), 2, 1), 0)
+  return jax.lax.switch(
+      branch,
+      (lambda c: c, lambda c: update(c, mask), lambda c: update(c, None)),
+      carry)
 
 
 def _query_rows(plan: Plan, query, q_start):
@@ -206,7 +214,7 @@ def _forward(plan: Plan, query, key, value, bias, aux):
       k_start = k_block_index * plan.block_k
       mask = tile_mask(plan, aux, batch_size, q_start, k_start)
 
-      def update(carry):
+      def update(carry, mask):
         row_max, total, acc = carry
         k_rows = _key_rows(key, k_start, plan.block_k)
         v_rows = _key_rows(value, k_start, plan.block_k)
@@ -228,7 +236,7 @@ def _forward(plan: Plan, query, key, value, bias, aux):
             preferred_element_type=_F32)
         return new_max, total, acc
 
-      return _skip_empty(mask, update, carry)
+      return _visit_tile(mask, update, carry)
 
     first, last = key_block_range(plan, aux, block)
     init = (jnp.full((flat, rows, 1), -jnp.inf, _F32),
@@ -274,7 +282,7 @@ def _backward(plan: Plan, residuals, cotangents):
       k_start = k_block_index * plan.block_k
       mask = tile_mask(plan, aux, batch_size, q_start, k_start)
 
-      def update(inner):
+      def update(inner, mask):
         dq, dk, dv, dbias = inner
         k_rows = _key_rows(key, k_start, plan.block_k)
         v_rows = _key_rows(value, k_start, plan.block_k)
@@ -301,7 +309,7 @@ def _backward(plan: Plan, residuals, cotangents):
           dbias = _add_bias_grad(dbias, dbias_tile, q_start, k_start)
         return dq, dk, dv, dbias
 
-      return _skip_empty(mask, update, inner)
+      return _visit_tile(mask, update, inner)
 
     dk, dv, dbias = carry
     first, last = key_block_range(plan, aux, block)

@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 
 from attention_jax import _attend
 from attention_jax import _checks
+from attention_jax import masks as masks_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
 from attention_jax._chunked_kernel import chunked_core
@@ -115,13 +116,28 @@ def chunked_attention(
     raise ValueError(
         f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
 
+  scale = float(scores_lib.default_scale(head_dim) if scale is None
+                else scale)
+  # Scaling the [T, H] queries once is cheaper than scaling every [bq, bk]
+  # tile. Low-precision queries keep the scale in the float32 tile instead,
+  # so rounding matches the reference path.
+  fold_scale = jnp.dtype(query.dtype).itemsize >= 4
+  # Keys that no query may see (padding, or all-False mask columns) are set
+  # to zero, because 0 * inf is NaN inside a tile's matrix products.
+  # NOTE: like the reference path, a key hidden only from some queries
+  # still enters their tile, so an infinite value there can reach them.
+  key, value = _attend.zero_unreachable_keys(
+      masks_lib.combine_masks(
+          mask, masks_lib.padding_mask(
+              query_length, key_length,
+              key_value_seq_lengths=key_value_seq_lengths)),
+      key, value)
   plan = Plan(
       query_length=query_length, key_length=key_length,
       num_kv_heads=num_kv_heads, group_size=group_size,
       block_q=_block_size("block_q", block_q, query_length),
       block_k=_block_size("block_k", block_k, key_length),
-      scale=float(scores_lib.default_scale(head_dim) if scale is None
-                  else scale),
+      scale=1.0 if fold_scale else scale,
       is_causal=bool(is_causal), window=window,
       logits_soft_cap=(None if logits_soft_cap is None
                        else float(logits_soft_cap)),
@@ -138,6 +154,8 @@ def chunked_attention(
   q5 = query.reshape(flat_batch, query_length, num_kv_heads, group_size,
                      head_dim).transpose(0, 2, 3, 1, 4)
   q5 = jnp.pad(q5, ((0, 0),) * 3 + ((0, padded[0] - query_length), (0, 0)))
+  if fold_scale:
+    q5 = q5 * jnp.asarray(scale, q5.dtype)
   # [B..., S, K, H] -> [B, K, S_padded, H]
   k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])

@@ -1,0 +1,363 @@
+"""Tests for the chunked (memory-efficient) implementation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention_jax as aj
+from attention_jax import _chunked_kernel
+from attention_jax import dot_product
+from attention_jax._blocks import Plan
+import oracle
+from tolerances import tolerance
+
+BATCH, QUERY_LEN, KEY_LEN, NUM_HEADS, HEAD_DIM, VALUE_DIM = 2, 37, 53, 6, 5, 7
+BLOCKS = dict(block_q=8, block_k=16)
+
+
+def _inputs(seed=0, *, batch=(BATCH,), query_len=QUERY_LEN, key_len=KEY_LEN,
+            num_kv_heads=3, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  query = rng.standard_normal((*batch, query_len, NUM_HEADS, HEAD_DIM))
+  key = rng.standard_normal((*batch, key_len, num_kv_heads, HEAD_DIM))
+  value = rng.standard_normal((*batch, key_len, num_kv_heads, VALUE_DIM))
+  return (jnp.asarray(query, dtype), jnp.asarray(key, dtype),
+          jnp.asarray(value, dtype))
+
+
+def _segments(seed, length, batch=BATCH):
+  rng = np.random.default_rng(seed)
+  return np.cumsum(rng.random((batch, length)) < 0.15, axis=-1).astype(
+      np.int32)
+
+
+def _alibi_like(score, batch, head, q_index, kv_index):
+  del batch
+  slope = 0.25 * (head + 1).astype(score.dtype)
+  return score - slope * jnp.abs(q_index - kv_index).astype(score.dtype)
+
+
+def _stripes(batch, head, q_index, kv_index):
+  del batch, head
+  return (q_index + kv_index) % 3 != 0
+
+
+CASES = {
+    "plain": dict(),
+    "causal": dict(is_causal=True),
+    "causal-query-longer": dict(is_causal=True, query_len=KEY_LEN + 6),
+    "window": dict(local_window_size=(5, 2)),
+    "window-int": dict(local_window_size=3),
+    "lengths": dict(query_seq_lengths=np.array([30, 37], np.int32),
+                    key_value_seq_lengths=np.array([0, 40], np.int32)),
+    "offset": dict(is_causal=True,
+                   query_offset=np.array([3, 16], np.int32)),
+    "segments": dict(query_segment_ids=_segments(1, QUERY_LEN),
+                     key_segment_ids=_segments(1, KEY_LEN)),
+    "mask": dict(mask=np.random.default_rng(2).random(
+        (BATCH, 1, QUERY_LEN, KEY_LEN)) < 0.5),
+    "bias-heads": dict(bias=np.random.default_rng(3).standard_normal(
+        (1, NUM_HEADS, QUERY_LEN, KEY_LEN)).astype(np.float32)),
+    "bias-keys": dict(bias=np.random.default_rng(4).standard_normal(
+        (BATCH, 1, 1, KEY_LEN)).astype(np.float32)),
+    "mqa": dict(num_kv_heads=1, is_causal=True),
+    "mha": dict(num_kv_heads=NUM_HEADS),
+    "multi-batch": dict(batch=(2, 3), is_causal=True),
+    "scale": dict(scale=1.0),
+}
+
+
+def _split(case):
+  options = dict(case)
+  shape = {name: options.pop(name) for name in
+           ("batch", "query_len", "num_kv_heads") if name in options}
+  return shape, options
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_chunked_forward_matches_oracle(name):
+  shape, options = _split(CASES[name])
+  query, key, value = _inputs(**shape)
+  batch = query.shape[:-3]
+  bias = options.pop("bias", None)
+  scale = options.pop("scale", None)
+  allowed = oracle.attention_mask(
+      batch, NUM_HEADS, query.shape[-3], KEY_LEN, **options)
+  expected, _, expected_lse = oracle.dot_product_attention(
+      query, key, value, scale=scale, bias=bias, allowed=allowed)
+
+  out, lse = aj.chunked_attention(
+      query, key, value, bias, scale=scale, return_residual=True,
+      **options, **BLOCKS)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_chunked_gradients_match_reference(name):
+  shape, options = _split(CASES[name])
+  query, key, value = _inputs(**shape)
+  bias = options.pop("bias", None)
+  cotangent = jax.random.normal(
+      jax.random.key(9), query.shape[:-1] + (VALUE_DIM,))
+
+  def loss(implementation, query, key, value, bias):
+    if implementation == "chunked":
+      out = aj.chunked_attention(query, key, value, bias, **options, **BLOCKS)
+    else:
+      out = aj.dot_product_attention(query, key, value, bias, **options,
+                                     implementation="reference")
+    return jnp.sum(out * cotangent)
+
+  argnums = (1, 2, 3) if bias is None else (1, 2, 3, 4)
+  expected = jax.grad(loss, argnums)("reference", query, key, value, bias)
+  actual = jax.jit(jax.grad(loss, argnums), static_argnums=0)(
+      "chunked", query, key, value, bias)
+
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")
+
+
+@pytest.mark.parametrize(
+    "hooks",
+    [dict(logits_soft_cap=2.0), dict(score_mod=_alibi_like),
+     dict(mask_mod=_stripes),
+     dict(score_mod=_alibi_like, mask_mod=_stripes, logits_soft_cap=3.0,
+          is_causal=True)],
+    ids=["soft-cap", "score-mod", "mask-mod", "all-hooks"])
+def test_chunked_hooks_match_reference(hooks):
+  query, key, value = _inputs(5)
+
+  def loss(implementation, query, key, value):
+    out = aj.dot_product_attention(
+        query, key, value, implementation=implementation, **hooks)
+    return jnp.sum(jnp.sin(out)), out
+
+  (_, expected), expected_grads = jax.value_and_grad(
+      loss, (1, 2, 3), has_aux=True)("reference", query, key, value)
+  (_, actual), actual_grads = jax.value_and_grad(
+      loss, (1, 2, 3), has_aux=True)("chunked", query, key, value)
+
+  np.testing.assert_allclose(actual, expected, **tolerance(np.float32))
+  for got, want in zip(actual_grads, expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_hooks_match_oracle():
+  query, key, value = _inputs(6)
+  cap = 2.0
+  logits = oracle.dot_product_logits(query, key)
+  logits = cap * np.tanh(logits / cap)
+  heads = np.arange(NUM_HEADS)[:, None, None]
+  q_index = np.arange(QUERY_LEN)[:, None]
+  k_index = np.arange(KEY_LEN)
+  logits = logits - 0.25 * (heads + 1) * np.abs(q_index - k_index)
+  allowed = np.broadcast_to((q_index + k_index) % 3 != 0, logits.shape)
+  weights, _ = oracle.masked_softmax(logits, allowed)
+  expected = oracle.weighted_values(weights, value)
+
+  out = aj.dot_product_attention(
+      query, key, value, logits_soft_cap=cap, score_mod=_alibi_like,
+      mask_mod=_stripes, implementation="reference")
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_chunked_low_precision_matches_oracle(dtype):
+  query, key, value = _inputs(7, dtype=dtype)
+  allowed = oracle.attention_mask((BATCH,), NUM_HEADS, QUERY_LEN, KEY_LEN,
+                                  is_causal=True)
+  expected, _, _ = oracle.dot_product_attention(query, key, value,
+                                                allowed=allowed)
+
+  out = aj.chunked_attention(query, key, value, is_causal=True, **BLOCKS)
+
+  assert out.dtype == dtype
+  np.testing.assert_allclose(out.astype(np.float32), expected,
+                             **tolerance(dtype))
+
+
+def test_chunked_fully_masked_rows_are_zero():
+  query, key, value = _inputs(8)
+  lengths = np.array([0, 20], np.int32)
+
+  def loss(query, key, value):
+    out = aj.chunked_attention(query, key, value,
+                               key_value_seq_lengths=lengths, **BLOCKS)
+    return jnp.sum(out ** 2), out
+
+  (_, out), grads = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(
+      query, key, value)
+
+  np.testing.assert_array_equal(out[0], 0.0)
+  for grad in grads:
+    assert np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad[0], 0.0)
+
+
+def test_chunked_masked_nan_keys_are_inert():
+  query, key, value = _inputs(9)
+  lengths = np.array([30, 41], np.int32)
+  poisoned_key = key.at[:, 45:].set(jnp.nan)
+  poisoned_value = value.at[:, 45:].set(jnp.inf)
+
+  def loss(key, value):
+    out = aj.chunked_attention(query, key, value, is_causal=True,
+                               key_value_seq_lengths=lengths, **BLOCKS)
+    return jnp.sum(out)
+
+  clean = jax.value_and_grad(loss, (0, 1))(key, value)
+  poisoned = jax.value_and_grad(loss, (0, 1))(poisoned_key, poisoned_value)
+
+  np.testing.assert_allclose(poisoned[0], clean[0], rtol=1e-6)
+  np.testing.assert_allclose(poisoned[1][0][:, :45], clean[1][0][:, :45],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(poisoned[1][1][:, 45:], 0.0)
+
+
+def _plan(**overrides):
+  options = dict(
+      query_length=64, key_length=64, num_kv_heads=1, group_size=1,
+      block_q=16, block_k=16, scale=1.0, is_causal=False, window=None,
+      logits_soft_cap=None, score_mod=None, mask_mod=None, has_bias=False,
+      has_mask=False, has_query_lengths=False, has_key_lengths=False,
+      has_segments=False, has_offset=False)
+  options.update(overrides)
+  return Plan(**options)
+
+
+@pytest.mark.parametrize(
+    "overrides, aux, expected",
+    [
+        (dict(), {}, [(0, 4)] * 4),
+        (dict(is_causal=True), {}, [(0, 1), (0, 2), (0, 3), (0, 4)]),
+        (dict(window=(16, 0)), {}, [(0, 1), (0, 2), (1, 3), (2, 4)]),
+        (dict(has_key_lengths=True),
+         {"key_lengths": jnp.array([20, 33])}, [(0, 3)] * 4),
+        (dict(is_causal=True, has_offset=True),
+         {"offset": jnp.array([-32, -40])}, [(0, 0), (0, 0), (0, 1), (0, 2)]),
+    ],
+    ids=["all", "causal", "window", "key-lengths", "offset"])
+def test_key_block_range_skips_unreachable(overrides, aux, expected):
+  plan = _plan(**overrides)
+  ranges = [tuple(int(x) for x in _chunked_kernel.key_block_range(
+      plan, aux, block)) for block in range(plan.num_q_blocks)]
+
+  assert ranges == expected
+
+
+def test_chunked_skips_empty_segment_tiles():
+  query, key, value = _inputs(10, batch=(1,), query_len=32, key_len=32)
+  segments = np.repeat(np.arange(4, dtype=np.int32), 8)[None]
+  visited = []
+
+  def counting_mod(score, batch, head, q_index, kv_index):
+    jax.debug.callback(lambda: visited.append(1))
+    return score
+
+  aj.chunked_attention(
+      query, key, value, query_segment_ids=segments,
+      key_segment_ids=segments, score_mod=counting_mod, block_q=8,
+      block_k=8).block_until_ready()
+
+  # Four diagonal tiles of 16 hold every pair in the same segment.
+  assert len(visited) == 4
+
+
+def _temp_bytes(implementation, length, gradient):
+  shape = jax.ShapeDtypeStruct((1, length, 2, 16), jnp.float32)
+
+  def forward(query, key, value):
+    return aj.dot_product_attention(
+        query, key, value, is_causal=True, implementation=implementation)
+
+  def loss(query, key, value):
+    return jnp.sum(forward(query, key, value))
+
+  function = jax.grad(loss, (0, 1, 2)) if gradient else forward
+  compiled = jax.jit(function).lower(shape, shape, shape).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("gradient", [False, True], ids=["forward", "grad"])
+def test_chunked_memory_grows_linearly(gradient):
+  sizes = {length: _temp_bytes("chunked", length, gradient)
+           for length in (1024, 2048, 4096)}
+  reference = {length: _temp_bytes("reference", length, gradient)
+               for length in (1024, 2048)}
+  first_step = sizes[2048] - sizes[1024]
+  second_step = sizes[4096] - sizes[2048]
+
+  # Linear growth doubles the increment when the length doubles; quadratic
+  # growth quadruples it, as the reference path shows.
+  assert second_step <= 2.5 * max(first_step, 1)
+  assert reference[2048] >= 3.5 * reference[1024]
+  assert sizes[4096] < reference[2048]
+
+
+def test_chunked_no_retrace_on_same_shapes():
+  query, key, value = _inputs(11)
+  traces = []
+
+  @jax.jit
+  def run(query, key, value):
+    traces.append(1)
+    return aj.chunked_attention(query, key, value, is_causal=True, **BLOCKS)
+
+  run(query, key, value)
+  run(query + 1.0, key, value)
+
+  assert len(traces) == 1
+
+
+def test_default_dispatch_by_size():
+  small = jnp.zeros((1, 64, 2, 8))
+  large = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
+  choose = functools.partial(dot_product._choose_implementation, None)
+
+  assert choose(small, small, return_weights=False,
+                dropout_active=False) == "reference"
+  assert choose(large, large, return_weights=False,
+                dropout_active=False) == "chunked"
+  assert choose(large, large, return_weights=True,
+                dropout_active=False) == "reference"
+  assert choose(large, large, return_weights=False,
+                dropout_active=True) == "reference"
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(implementation="chunked", return_weights=True), ValueError,
+         r"cannot return them"),
+        (dict(implementation="chunked", dropout_rate=0.1,
+              dropout_rng=jax.random.key(0)), ValueError,
+         r"does not support attention dropout"),
+        (dict(implementation="chunked", logits_soft_cap=-1.0), ValueError,
+         r"`logits_soft_cap` should be positive, but got -1.0"),
+        (dict(implementation="chunked",
+              mask_mod=lambda b, n, t, s: (t - s).astype(jnp.float32)),
+         TypeError, r"`mask_mod` should return a boolean array"),
+        (dict(implementation="reference",
+              mask_mod=lambda b, n, t, s: (t - s).astype(jnp.float32)),
+         TypeError, r"`mask_mod` should return a boolean array"),
+    ],
+    ids=["weights", "dropout", "soft-cap", "mask-mod-chunked",
+         "mask-mod-reference"])
+def test_chunked_errors(options, error, message):
+  query, key, value = _inputs(12)
+  with pytest.raises(error, match=message):
+    aj.dot_product_attention(query, key, value, **options)
+
+
+def test_chunked_block_size_error():
+  query, key, value = _inputs(13)
+  with pytest.raises(ValueError, match=r"`block_q` should be a positive "
+                     r"integer, but got 0"):
+    aj.chunked_attention(query, key, value, block_q=0)
