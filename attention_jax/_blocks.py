@@ -41,6 +41,7 @@ class Plan:
   has_key_lengths: bool
   has_segments: bool
   has_offset: bool
+  dropout_rate: float = 0.0
 
   @property
   def num_q_blocks(self) -> int:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _attend
+from attention_jax import dropout as dropout_lib
 from attention_jax._blocks import Plan, reduce_to_shape, tile_of
 
 _F32 = jnp.float32
@@ -133,6 +134,22 @@ def as_rows(x):
                    *x.shape[4:])
 
 
+def _dropout_scale(plan: Plan, aux: dict, batch_size: int, q_start,
+                   k_start):
+  """Return the tile's dropout factors `[B * K, G * bq, bk]` (0 or
+  1 / keep probability), or None without dropout."""
+  if plan.dropout_rate == 0.0:
+    return None
+  heads, q_index, k_index = _tile_indices(plan, q_start, k_start)
+  keep = dropout_lib.keep_mask(
+      aux["dropout_seeds"], plan.dropout_rate, _batch_index(batch_size),
+      heads, q_index, k_index)
+  keep = jnp.broadcast_to(keep, (batch_size, plan.num_kv_heads,
+                                 plan.group_size, plan.block_q, plan.block_k))
+  factor = jnp.asarray(1.0 / (1.0 - plan.dropout_rate), _F32)
+  return as_rows(jnp.where(keep, factor, jnp.zeros((), _F32)))
+
+
 def _valid(plan: Plan, mask, logits):
   """Return the validity of a `[B * K, G * bq, bk]` logits tile, or None."""
   if mask is not None:
@@ -231,6 +248,11 @@ def _forward(plan: Plan, query, key, value, bias, aux):
         probs = jnp.exp(logits - shift)
         correction = jnp.exp(row_max - shift)
         total = total * correction + jnp.sum(probs, -1, keepdims=True)
+        # Dropout acts on the normalized weights, so it scales only the
+        # weighted sum, never the normalizer.
+        dropout = _dropout_scale(plan, aux, batch_size, q_start, k_start)
+        if dropout is not None:
+          probs = probs * dropout
         acc = acc * correction + jnp.einsum(
             "xrs,xsv->xrv", probs.astype(value.dtype), v_rows,
             preferred_element_type=_F32)
@@ -296,8 +318,14 @@ def _backward(plan: Plan, residuals, cotangents):
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
         probs = jnp.exp(logits - lse_rows)
-        dv_tile = jnp.einsum("xrs,xrv->xsv", probs, do_rows)
         d_probs = jnp.einsum("xrv,xsv->xrs", do_rows, v_rows.astype(_F32))
+        dropout = _dropout_scale(plan, aux, batch_size, q_start, k_start)
+        if dropout is None:
+          dv_tile = jnp.einsum("xrs,xrv->xsv", probs, do_rows)
+        else:
+          dv_tile = jnp.einsum("xrs,xrv->xsv", probs * dropout, do_rows)
+          d_probs = d_probs * dropout
+        # With dropout D, sum_s P_s D_s (dO . v_s) is still dO . O.
         d_logits = probs * (d_probs - dot_rows)
         dq_tile, dk_tile, dbias_tile = pullback(d_logits)
         dq = dq + dq_tile.astype(_F32)

@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 
 from attention_jax import _attend
 from attention_jax import _checks
+from attention_jax import dropout as dropout_lib
 from attention_jax import masks as masks_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
@@ -60,6 +61,9 @@ def chunked_attention(
     logits_soft_cap: float | None = None,
     score_mod: Callable | None = None,
     mask_mod: Callable | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = False,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
 ):
@@ -83,6 +87,9 @@ def chunked_attention(
       closes over are constants: gradients do not flow into them.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
       array, True where attention is allowed, evaluated per tile.
+    dropout_rate, dropout_rng, deterministic: as in
+      `dot_product_attention`; the chunked path drops exactly the weights
+      that the reference path drops for the same key.
     block_q: queries per tile.
     block_k: keys per tile.
 
@@ -112,6 +119,9 @@ def chunked_attention(
       key_value_seq_lengths=key_value_seq_lengths,
       local_window_size=local_window_size,
       query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+  _checks.check_dropout_rate(dropout_rate)
+  if deterministic or dropout_rng is None:
+    dropout_rate = 0.0
   if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
     raise ValueError(
         f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
@@ -146,7 +156,8 @@ def chunked_attention(
       has_query_lengths=query_seq_lengths is not None,
       has_key_lengths=key_value_seq_lengths is not None,
       has_segments=query_segment_ids is not None,
-      has_offset=query_offset is not None)
+      has_offset=query_offset is not None,
+      dropout_rate=float(dropout_rate))
   padded = (plan.padded_query_length, plan.padded_key_length)
   flat_batch = int(np.prod(batch, dtype=np.int64))
 
@@ -179,6 +190,8 @@ def chunked_attention(
     aux["key_segments"] = jnp.pad(
         _flat(key_segment_ids, batch, 1),
         ((0, 0), (0, padded[1] - key_length)))
+  if plan.dropout_rate > 0.0:
+    aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
 
   out5, logsumexp = chunked_core(plan, q5, k4, v4, bias5, aux)

@@ -129,7 +129,7 @@ def _full_shape(query: jax.Array, key: jax.Array) -> tuple[int, ...]:
 
 def _choose_implementation(
     implementation: str | None, query: jax.Array, key: jax.Array, *,
-    return_weights: bool, dropout_active: bool,
+    return_weights: bool,
 ) -> str:
   """Return "reference" or "chunked", or raise for an impossible request."""
   if implementation is not None and implementation not in IMPLEMENTATIONS:
@@ -142,14 +142,10 @@ def _choose_implementation(
           "implementation='chunked' never builds the [B..., N, T, S] "
           "weights, so it cannot return them; use "
           "implementation='reference' with `return_weights=True`")
-    if dropout_active:
-      raise ValueError(
-          "implementation='chunked' does not support attention dropout; use "
-          "implementation='reference' or set `deterministic=True`")
     return "chunked"
   if implementation in ("reference", "xla"):
     return "reference"
-  if return_weights or dropout_active:
+  if return_weights:
     return "reference"
   pairs = query.shape[-3] * key.shape[-3]
   return "chunked" if pairs >= CHUNKED_MIN_PAIRS else "reference"
@@ -277,7 +273,7 @@ def dot_product_attention(
       block with memory linear in T and S (see `chunked_attention`). None
       picks the chunked path for `T * S >= CHUNKED_MIN_PAIRS` and the
       reference path otherwise, and always the reference path when
-      `return_weights` or active dropout asks for it.
+      `return_weights` asks for the weights.
     return_residual: also return the log-sum-exp of the logits over visible
       keys, `[B..., T, N]` (`-inf` for rows with no visible key).
     query_offset: absolute position of the first query (scalar or integer
@@ -316,11 +312,8 @@ def dot_product_attention(
   _check_value(key, value)
   _checks.check_dropout_rate(dropout_rate)
   _check_soft_cap(logits_soft_cap)
-  dropout_active = (dropout_rate > 0.0 and dropout_rng is not None
-                    and not deterministic)
   chosen = _choose_implementation(
-      implementation, query, key, return_weights=return_weights,
-      dropout_active=dropout_active)
+      implementation, query, key, return_weights=return_weights)
   if chosen == "chunked":
     return chunked_attention(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal,
@@ -329,7 +322,8 @@ def dot_product_attention(
         local_window_size=local_window_size, return_residual=return_residual,
         query_offset=query_offset, query_segment_ids=query_segment_ids,
         key_segment_ids=key_segment_ids, logits_soft_cap=logits_soft_cap,
-        score_mod=score_mod, mask_mod=mask_mod)
+        score_mod=score_mod, mask_mod=mask_mod, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, deterministic=deterministic)
 
   combined = _validated_mask(
       query, key, bias, mask, is_causal=is_causal,

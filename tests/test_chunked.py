@@ -183,6 +183,31 @@ def test_chunked_low_precision_matches_oracle(dtype):
                              **tolerance(dtype))
 
 
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_chunked_dropout_matches_reference(is_causal):
+  query, key, value = _inputs(14)
+  rng = jax.random.key(15)
+  cotangent = jax.random.normal(
+      jax.random.key(16), query.shape[:-1] + (VALUE_DIM,))
+
+  def loss(implementation, query, key, value):
+    out = aj.dot_product_attention(
+        query, key, value, is_causal=is_causal, dropout_rate=0.3,
+        dropout_rng=rng, implementation=implementation)
+    return jnp.sum(out * cotangent), out
+
+  (_, expected), expected_grads = jax.value_and_grad(
+      loss, (1, 2, 3), has_aux=True)("reference", query, key, value)
+  (_, actual), actual_grads = jax.value_and_grad(
+      loss, (1, 2, 3), has_aux=True)("chunked", query, key, value)
+  plain = aj.dot_product_attention(query, key, value, is_causal=is_causal)
+
+  assert not np.allclose(actual, plain)
+  np.testing.assert_allclose(actual, expected, **tolerance(np.float32))
+  for got, want in zip(actual_grads, expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_chunked_fully_masked_rows_are_zero():
   query, key, value = _inputs(8)
   lengths = np.array([0, 20], np.int32)
@@ -321,14 +346,9 @@ def test_default_dispatch_by_size():
   large = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
   choose = functools.partial(dot_product._choose_implementation, None)
 
-  assert choose(small, small, return_weights=False,
-                dropout_active=False) == "reference"
-  assert choose(large, large, return_weights=False,
-                dropout_active=False) == "chunked"
-  assert choose(large, large, return_weights=True,
-                dropout_active=False) == "reference"
-  assert choose(large, large, return_weights=False,
-                dropout_active=True) == "reference"
+  assert choose(small, small, return_weights=False) == "reference"
+  assert choose(large, large, return_weights=False) == "chunked"
+  assert choose(large, large, return_weights=True) == "reference"
 
 
 @pytest.mark.parametrize(
@@ -336,9 +356,9 @@ def test_default_dispatch_by_size():
     [
         (dict(implementation="chunked", return_weights=True), ValueError,
          r"cannot return them"),
-        (dict(implementation="chunked", dropout_rate=0.1,
+        (dict(implementation="chunked", dropout_rate=1.0,
               dropout_rng=jax.random.key(0)), ValueError,
-         r"does not support attention dropout"),
+         r"`dropout_rate` should be in \[0, 1\), but got 1.0"),
         (dict(implementation="chunked", logits_soft_cap=-1.0), ValueError,
          r"`logits_soft_cap` should be positive, but got -1.0"),
         (dict(implementation="chunked",
