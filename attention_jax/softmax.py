@@ -44,20 +44,19 @@ def masked_softmax(
   """
   logits = jnp.asarray(logits)
   logits = logits.astype(compute_dtype(logits.dtype))
-  valid = logits != -jnp.inf
   if mask is not None:
-    valid = jnp.logical_and(valid, mask)
+    # Replacing masked logits before any arithmetic keeps a NaN or +inf
+    # there out of both the result and the gradient: `where` sends a zero
+    # cotangent to the branch it did not select.
+    logits = jnp.where(mask, logits, -jnp.inf)
 
   # The row maximum only stabilizes exp; softmax is shift invariant, so no
-  # gradient flows through it. Rows with nothing valid use a shift of 0.
-  row_max = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=axis,
-                    keepdims=True)
-  row_max = jax.lax.stop_gradient(
-      jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  # gradient flows through it. A row whose entries are all -inf (masked)
+  # uses a shift of 0, so exp gives zeros there rather than NaN.
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
+  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
 
-  safe_logits = jnp.where(valid, logits, 0.0)
-  shifted = jnp.where(valid, safe_logits - row_max, -jnp.inf)
-  unnormalized = jnp.exp(shifted)
+  unnormalized = jnp.exp(logits - row_max)
   total = jnp.sum(unnormalized, axis=axis, keepdims=True)
   weights = unnormalized / jnp.where(total > 0, total, 1.0)
 
