@@ -128,7 +128,8 @@ def zero_unreachable_keys(
     return arrays
   mask = jnp.asarray(mask)
   if mask.ndim < 3:
-    mask = mask[None]
+    # Give a `[T, S]` or `[S]` mask the head and query axes reduced below.
+    mask = jnp.reshape(mask, (1,) * (3 - mask.ndim) + mask.shape)
   # Right-aligned like the mask itself: [B..., S], where B may be shorter.
   reachable = jnp.any(mask, axis=(-3, -2))
   results = []

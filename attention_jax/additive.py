@@ -33,8 +33,9 @@ def _attend_with_logits(
 ):
   """Mask, normalize and apply logits from `logits_fn(key)`."""
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
-  _checks.check_rank("query", query, 3, "[B..., T, N, H_q]")
-  _checks.check_rank("key", key, 3, "[B..., S, N, H_k]")
+  # Check query against key before building masks, whose broadcasting
+  # would otherwise fail first with a message that names neither.
+  scores_lib.check_per_head_inputs(query, key)
   _check_value(key, value)
   _checks.check_dropout_rate(dropout_rate)
   *batch, query_length, num_heads, _ = query.shape

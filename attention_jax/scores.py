@@ -116,7 +116,7 @@ def additive_scores(
   query_kernel = jnp.asarray(query_kernel)
   key_kernel = jnp.asarray(key_kernel)
   score_vector = jnp.asarray(score_vector)
-  _check_per_head_inputs(query, key)
+  check_per_head_inputs(query, key)
   *_, num_heads, query_dim = query.shape
   key_dim = key.shape[-1]
   hidden = _checks.shape_of(score_vector)[-1] if score_vector.ndim else 0
@@ -153,7 +153,7 @@ def multiplicative_scores(
     Logits `[B..., N, T, S]` in float32 (or float64 for float64 inputs).
   """
   query, key, kernel = jnp.asarray(query), jnp.asarray(key), jnp.asarray(kernel)
-  _check_per_head_inputs(query, key)
+  check_per_head_inputs(query, key)
   num_heads, query_dim = query.shape[-2:]
   _checks.check_floating("kernel", kernel)
   _checks.check_exact_shape("kernel", kernel,
@@ -201,7 +201,7 @@ def feedforward_scores(
   return jnp.einsum("...sa,a->...s", hidden_states, score_vector.astype(dtype))
 
 
-def _check_per_head_inputs(query: jax.Array, key: jax.Array) -> None:
+def check_per_head_inputs(query: jax.Array, key: jax.Array) -> None:
   _checks.check_floating("query", query)
   _checks.check_floating("key", key)
   _checks.check_rank("query", query, 3, "[B..., T, N, H_q]")
