@@ -170,13 +170,15 @@ def modify_logits(
     logits_soft_cap: float | None,
     score_mod,
     indices: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None,
+    score_mod_params=None,
 ) -> jax.Array:
   """Apply soft-capping, the bias and `score_mod` to scaled logits, in order.
 
   Soft-capping maps `x` to `cap * tanh(x / cap)`. `score_mod(score, batch,
   head, q_index, kv_index)` receives broadcastable integer index arrays and
-  returns the new scores. Every implementation applies the steps in this
-  order, so they agree.
+  returns the new scores; with `score_mod_params` (any pytree of arrays) it
+  is called as `score_mod(score, batch, head, q_index, kv_index, params)`.
+  Every implementation applies the steps in this order, so they agree.
   """
   if logits_soft_cap is not None:
     cap = jnp.asarray(logits_soft_cap, logits.dtype)
@@ -184,7 +186,8 @@ def modify_logits(
   if bias is not None:
     logits = logits + bias.astype(logits.dtype)
   if score_mod is not None:
-    logits = score_mod(logits, *indices).astype(logits.dtype)
+    extra = () if score_mod_params is None else (score_mod_params,)
+    logits = score_mod(logits, *indices, *extra).astype(logits.dtype)
   return logits
 
 

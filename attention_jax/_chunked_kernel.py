@@ -92,7 +92,7 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start):
 
 
 def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
-                k_block, bias_tile):
+                k_block, bias_tile, params=None):
   """Return the modified, scaled logits of one tile.
 
   Args:
@@ -100,6 +100,7 @@ def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
       stacked as rows, so one matrix product serves the whole group.
     k_block: `[B * K, bk, H]`.
     bias_tile: block-layout bias tile or None.
+    params: the `score_mod_params` pytree, or None.
 
   Returns:
     Logits `[B * K, G * bq, bk]` in float32.
@@ -118,7 +119,7 @@ def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
     indices = (_batch_index(batch_size), heads, q_index, k_index)
   logits = _attend.modify_logits(
       as_tile5(plan, logits), bias_tile, logits_soft_cap=plan.logits_soft_cap,
-      score_mod=plan.score_mod, indices=indices)
+      score_mod=plan.score_mod, indices=indices, score_mod_params=params)
   return logits.reshape(-1, plan.group_size * plan.block_q, plan.block_k)
 
 
@@ -218,7 +219,7 @@ def _key_rows(x, k_start, block_k):
   return block.reshape(-1, block_k, x.shape[-1])
 
 
-def _forward(plan: Plan, query, key, value, bias, aux):
+def _forward(plan: Plan, query, key, value, bias, aux, params):
   batch_size = query.shape[0]
   rows = plan.group_size * plan.block_q
   flat = batch_size * plan.num_kv_heads
@@ -237,7 +238,8 @@ def _forward(plan: Plan, query, key, value, bias, aux):
         v_rows = _key_rows(value, k_start, plan.block_k)
         logits = tile_logits(
             plan, batch_size, q_start, k_start, q_rows, k_rows,
-            tile_of(bias, q_start, k_start, plan.block_q, plan.block_k))
+            tile_of(bias, q_start, k_start, plan.block_q, plan.block_k),
+            params)
         valid = _valid(plan, mask, logits)
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
@@ -283,7 +285,7 @@ def _forward(plan: Plan, query, key, value, bias, aux):
 
 
 def _backward(plan: Plan, residuals, cotangents):
-  query, key, value, bias, aux, out, logsumexp = residuals
+  query, key, value, bias, aux, params, out, logsumexp = residuals
   d_out, d_logsumexp = cotangents
   batch_size = query.shape[0]
   d_out = d_out.astype(_F32)
@@ -305,7 +307,7 @@ def _backward(plan: Plan, residuals, cotangents):
       mask = tile_mask(plan, aux, batch_size, q_start, k_start)
 
       def update(inner, mask):
-        dq, dk, dv, dbias = inner
+        dq, dk, dv, dbias, dparams = inner
         k_rows = _key_rows(key, k_start, plan.block_k)
         v_rows = _key_rows(value, k_start, plan.block_k)
         bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
@@ -313,7 +315,7 @@ def _backward(plan: Plan, residuals, cotangents):
         logits, pullback = jax.vjp(
             functools.partial(tile_logits, plan, batch_size, q_start,
                               k_start),
-            q_rows, k_rows, bias_tile)
+            q_rows, k_rows, bias_tile, params)
         valid = _valid(plan, mask, logits)
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
@@ -327,7 +329,7 @@ def _backward(plan: Plan, residuals, cotangents):
           d_probs = d_probs * dropout
         # With dropout D, sum_s P_s D_s (dO . v_s) is still dO . O.
         d_logits = probs * (d_probs - dot_rows)
-        dq_tile, dk_tile, dbias_tile = pullback(d_logits)
+        dq_tile, dk_tile, dbias_tile, dparams_tile = pullback(d_logits)
         dq = dq + dq_tile.astype(_F32)
         dk = _add_at(dk, dk_tile.reshape(dk.shape[:2] + dk_tile.shape[1:]),
                      k_start, axis=2)
@@ -335,27 +337,32 @@ def _backward(plan: Plan, residuals, cotangents):
                      k_start, axis=2)
         if dbias is not None:
           dbias = _add_bias_grad(dbias, dbias_tile, q_start, k_start)
-        return dq, dk, dv, dbias
+        dparams = jax.tree.map(lambda total, part: total + part.astype(
+            total.dtype), dparams, dparams_tile)
+        return dq, dk, dv, dbias, dparams
 
       return _visit_tile(mask, update, inner)
 
-    dk, dv, dbias = carry
+    dk, dv, dbias, dparams = carry
     first, last = key_block_range(plan, aux, block)
     dq = jnp.zeros(q_rows.shape, _F32)
-    dq, dk, dv, dbias = jax.lax.fori_loop(
-        first, last, visit, (dq, dk, dv, dbias))
-    return (dk, dv, dbias), as_tile5(plan, dq)
+    dq, dk, dv, dbias, dparams = jax.lax.fori_loop(
+        first, last, visit, (dq, dk, dv, dbias, dparams))
+    return (dk, dv, dbias, dparams), as_tile5(plan, dq)
 
   init = (jnp.zeros(key.shape, _F32), jnp.zeros(value.shape, _F32),
-          None if bias is None else jnp.zeros(bias.shape, _F32))
-  (dk, dv, dbias), dqs = jax.lax.scan(
+          None if bias is None else jnp.zeros(bias.shape, _F32),
+          jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, _F32), params))
+  (dk, dv, dbias, dparams), dqs = jax.lax.scan(
       query_block, init, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
   dq = jnp.moveaxis(dqs, 0, 3).reshape(query.shape)
   if dbias is not None:
     dbias = dbias.astype(bias.dtype)
   aux_cotangents = jax.tree.map(lambda _: None, aux)
+  dparams = jax.tree.map(lambda grad, leaf: grad.astype(leaf.dtype), dparams,
+                         params)
   return (dq.astype(query.dtype), dk.astype(key.dtype),
-          dv.astype(value.dtype), dbias, aux_cotangents)
+          dv.astype(value.dtype), dbias, aux_cotangents, dparams)
 
 
 def _add_at(buffer, update, start, axis):
@@ -378,14 +385,19 @@ def _add_bias_grad(dbias, tile_grad, q_start, k_start):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def chunked_core(plan: Plan, query, key, value, bias, aux):
-  """Return `(out [B, K, G, T_pad, H_v], logsumexp [B, K, G, T_pad])`."""
-  return _forward(plan, query, key, value, bias, aux)
+def chunked_core(plan: Plan, query, key, value, bias, aux, params):
+  """Return `(out [B, K, G, T_pad, H_v], logsumexp [B, K, G, T_pad])`.
+
+  `params` is the `score_mod_params` pytree (None for none); gradients flow
+  into it like into the bias.
+  """
+  return _forward(plan, query, key, value, bias, aux, params)
 
 
-def _core_fwd(plan, query, key, value, bias, aux):
-  out, logsumexp = _forward(plan, query, key, value, bias, aux)
-  return (out, logsumexp), (query, key, value, bias, aux, out, logsumexp)
+def _core_fwd(plan, query, key, value, bias, aux, params):
+  out, logsumexp = _forward(plan, query, key, value, bias, aux, params)
+  return (out, logsumexp), (query, key, value, bias, aux, params, out,
+                            logsumexp)
 
 
 chunked_core.defvjp(_core_fwd, _backward)

@@ -60,6 +60,7 @@ def chunked_attention(
     key_segment_ids: ArrayLike | None = None,
     logits_soft_cap: float | None = None,
     score_mod: Callable | None = None,
+    score_mod_params=None,
     mask_mod: Callable | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -84,7 +85,10 @@ def chunked_attention(
       modified logits; its index arguments are broadcastable int32 arrays
       (`batch` is flat over all leading batch axes). It is evaluated per
       tile, so a positional bias never becomes a `[T, S]` array. Arrays it
-      closes over are constants: gradients do not flow into them.
+      closes over are constants: gradients do not flow into them, so pass
+      learned arrays through `score_mod_params`.
+    score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
+      argument; gradients flow into it.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
       array, True where attention is allowed, evaluated per tile.
     dropout_rate, dropout_rng, deterministic: as in
@@ -194,7 +198,10 @@ def chunked_attention(
     aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
 
-  out5, logsumexp = chunked_core(plan, q5, k4, v4, bias5, aux)
+  if score_mod_params is not None and score_mod is None:
+    raise ValueError("`score_mod_params` was given without a `score_mod`")
+  out5, logsumexp = chunked_core(plan, q5, k4, v4, bias5, aux,
+                                 score_mod_params)
 
   # [B, K, G, T_padded, H_v] -> [B..., T, N, H_v]
   out = out5[..., :query_length, :].transpose(0, 3, 1, 2, 4).reshape(

@@ -93,7 +93,7 @@ def _reference_indices(batch_shape, num_heads, query_length, key_length):
 def _logits(
     query: jax.Array, key: jax.Array, bias: ArrayLike | None,
     scale: float | None, *, logits_soft_cap: float | None = None,
-    score_mod: Callable | None = None,
+    score_mod: Callable | None = None, score_mod_params=None,
 ) -> jax.Array:
   logits = scores_lib.scaled_dot_product_scores(query, key, scale)
   indices = None
@@ -101,7 +101,8 @@ def _logits(
     indices = _reference_indices(logits.shape[:-3], *logits.shape[-3:])
   return _attend.modify_logits(
       logits, None if bias is None else jnp.asarray(bias),
-      logits_soft_cap=logits_soft_cap, score_mod=score_mod, indices=indices)
+      logits_soft_cap=logits_soft_cap, score_mod=score_mod, indices=indices,
+      score_mod_params=score_mod_params)
 
 
 def _with_mask_mod(
@@ -171,6 +172,7 @@ def dot_product_attention_weights(
     deterministic: bool = False,
     logits_soft_cap: float | None = None,
     score_mod: Callable | None = None,
+    score_mod_params=None,
     mask_mod: Callable | None = None,
 ) -> jax.Array:
   """Compute attention weights `softmax(scale * q . k + bias)` over keys.
@@ -195,7 +197,7 @@ def dot_product_attention_weights(
   combined = _with_mask_mod(combined, mask_mod, _full_shape(query, key))
   (key,) = _attend.zero_unreachable_keys(combined, key)
   logits = _logits(query, key, bias, scale, logits_soft_cap=logits_soft_cap,
-                   score_mod=score_mod)
+                   score_mod=score_mod, score_mod_params=score_mod_params)
   weights = masked_softmax(logits, combined)
   weights = dropout_lib.attention_dropout(
       weights, dropout_rate, dropout_rng, deterministic=deterministic)
@@ -225,6 +227,7 @@ def dot_product_attention(
     return_weights: bool = False,
     logits_soft_cap: float | None = None,
     score_mod: Callable | None = None,
+    score_mod_params=None,
     mask_mod: Callable | None = None,
 ):
   r"""Scaled dot-product attention with grouped-query heads.
@@ -292,6 +295,8 @@ def dot_product_attention(
     score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
       modified logits; the indices are broadcastable int32 arrays and
       `batch` is flat over all batch axes.
+    score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
+      argument, for learned tables; gradients flow into it on every path.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
       array, True where attention is allowed.
 
@@ -323,7 +328,8 @@ def dot_product_attention(
         local_window_size=local_window_size, return_residual=return_residual,
         query_offset=query_offset, query_segment_ids=query_segment_ids,
         key_segment_ids=key_segment_ids, logits_soft_cap=logits_soft_cap,
-        score_mod=score_mod, mask_mod=mask_mod, dropout_rate=dropout_rate,
+        score_mod=score_mod, score_mod_params=score_mod_params,
+        mask_mod=mask_mod, dropout_rate=dropout_rate,
         dropout_rng=dropout_rng, deterministic=deterministic)
 
   combined = _validated_mask(
@@ -336,7 +342,7 @@ def dot_product_attention(
   key, value = _attend.zero_unreachable_keys(combined, key, value)
 
   logits = _logits(query, key, bias, scale, logits_soft_cap=logits_soft_cap,
-                   score_mod=score_mod)
+                   score_mod=score_mod, score_mod_params=score_mod_params)
   weights, logsumexp = masked_softmax(logits, combined, return_logsumexp=True)
   weights = dropout_lib.attention_dropout(
       weights, dropout_rate, dropout_rng, deterministic=deterministic)

@@ -381,3 +381,36 @@ def test_chunked_block_size_error():
   with pytest.raises(ValueError, match=r"`block_q` should be a positive "
                      r"integer, but got 0"):
     aj.chunked_attention(query, key, value, block_q=0)
+
+
+def _learned_distance_bias(score, batch, head, q_index, kv_index, table):
+  del batch
+  return score + table[head, kv_index - q_index + QUERY_LEN + KEY_LEN]
+
+
+def test_score_mod_params_gradients_match_reference():
+  query, key, value = _inputs(17)
+  table = jax.random.normal(jax.random.key(18),
+                            (NUM_HEADS, 2 * (QUERY_LEN + KEY_LEN)))
+
+  def loss(implementation, query, key, value, table):
+    out = aj.dot_product_attention(
+        query, key, value, is_causal=True, score_mod=_learned_distance_bias,
+        score_mod_params=table, implementation=implementation)
+    return jnp.sum(jnp.sin(out))
+
+  grad = jax.grad(loss, (1, 2, 3, 4))
+  expected = grad("reference", query, key, value, table)
+  actual = jax.jit(grad, static_argnums=0)("chunked", query, key, value,
+                                           table)
+
+  assert np.abs(expected[3]).sum() > 0
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")
+
+
+def test_score_mod_params_need_score_mod():
+  query, key, value = _inputs(19)
+  with pytest.raises(ValueError, match="`score_mod_params` was given"):
+    aj.chunked_attention(query, key, value, score_mod_params=jnp.ones(3))
