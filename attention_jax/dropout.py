@@ -37,8 +37,9 @@ def keep_mask(
 ) -> jax.Array:
   """Return True where a weight is kept, for broadcastable integer indices.
 
-  Each weight is kept with probability `1 - rate`, independently of the
-  others as far as the hash is concerned.
+  Each weight is kept with probability `1 - rate` (rounded to a multiple of
+  2**-32). The hash is not cryptographic; it only has to look random to a
+  network being trained.
 
   Args:
     seeds: uint32 `[2]` from `dropout_seeds`.
