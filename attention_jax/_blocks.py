@@ -2,10 +2,10 @@
 
 Inside the chunked path every array uses a flat batch axis and splits the
 query heads into key/value groups: query `[B, K, G, T, H]`, key
-`[B, K, S, H]`, value `[B, K, S, H_v]`, with `N = K * G`. Masks and biases
+`[B, S, K, H]`, value `[B, S, K, H_v]`, with `N = K * G`. Masks and biases
 become `[B or 1, K or 1, G or 1, T or 1, S or 1]`, so that a bias shared
-across the batch or heads is never copied, and the T and S axes are padded
-to whole blocks.
+across the batch or heads is never copied. The T axis is padded to whole
+blocks; the S axis is not (the last key block is shifted instead).
 """
 
 from __future__ import annotations
@@ -56,16 +56,12 @@ class Plan:
     return self.num_q_blocks * self.block_q
 
   @property
-  def padded_key_length(self) -> int:
-    return self.num_k_blocks * self.block_k
-
-  @property
   def uses_positions(self) -> bool:
     return self.is_causal or self.window is not None
 
   @property
   def needs_bounds(self) -> bool:
-    """Whether the last key block contains padding.
+    """Whether the last key block overlaps the one before it.
 
     Padded query rows need no mask: their outputs are sliced away and their
     output gradients are zero.

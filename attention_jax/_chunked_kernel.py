@@ -10,8 +10,9 @@ so memory grows linearly in T and S.
 Tiles that the causal, window, length or key-range bounds exclude are never
 visited; tiles inside the range whose mask is all False (segments, dense
 masks, `mask_mod`) are skipped with `lax.cond`. Arrays use the layout of
-`_blocks`: query `[B, K, G, T, H]`, key `[B, K, S, H]`, value
-`[B, K, S, H_v]`.
+`_blocks`: query `[B, K, G, T, H]`, key `[B, S, K, H]`, value
+`[B, S, K, H_v]` (keys keep the caller's layout, so a long key/value cache
+is never copied; each tile transposes only its own block).
 """
 
 from __future__ import annotations
@@ -49,12 +50,25 @@ def _per_batch(x: jax.Array) -> jax.Array:
   return x.reshape(-1, 1, 1, 1, 1)
 
 
-def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start):
+def key_start(plan: Plan, k_block_index):
+  """Return `(start, first_new)` of key block `k_block_index`.
+
+  The last block of a length that is not a multiple of `block_k` is shifted
+  left to end at S instead of being padded, so no [S]-sized copy of the keys
+  is made; its first keys repeat the previous block's and are masked as
+  `index < first_new`.
+  """
+  first_new = k_block_index * plan.block_k
+  return jnp.minimum(first_new, plan.key_length - plan.block_k), first_new
+
+
+def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
+              first_new):
   """Return the boolean mask of one tile (broadcastable), or None."""
   heads, q_index, k_index = _tile_indices(plan, q_start, k_start)
   parts = []
   if plan.needs_bounds:
-    parts.append(k_index < plan.key_length)
+    parts.append(k_index >= first_new)
   if plan.uses_positions:
     if plan.has_offset:
       positions = _per_batch(aux["offset"]) + q_index
@@ -213,10 +227,34 @@ def _query_rows(plan: Plan, query, q_start):
   return as_rows(block)
 
 
-def _key_rows(x, k_start, block_k):
-  """Slice `[B, K, S, D]` to `[B * K, bk, D]`."""
-  block = jax.lax.dynamic_slice_in_dim(x, k_start, block_k, 2)
-  return block.reshape(-1, block_k, x.shape[-1])
+def _key_rows(plan: Plan, aux: dict, x, k_start):
+  """Slice keys or values `[B, S, K, D]` to rows `[B * K, bk, D]`.
+
+  Keys that no query may see (past `key_value_seq_lengths`, or in an
+  all-False column of a dense mask) become zeros, because 0 * inf is NaN in
+  the tile's matrix products.
+  """
+  block = jax.lax.dynamic_slice_in_dim(x, k_start, plan.block_k, 1)
+  keep = None
+  if plan.has_key_lengths:
+    index = k_start + jnp.arange(plan.block_k, dtype=jnp.int32)
+    keep = index < aux["key_lengths"][:, None]
+  if "key_reachable" in aux:
+    reachable = jax.lax.dynamic_slice_in_dim(
+        aux["key_reachable"], k_start, plan.block_k, 1)
+    keep = reachable if keep is None else keep & reachable
+  if keep is not None:
+    block = jnp.where(keep[:, :, None, None], block,
+                      jnp.zeros((), block.dtype))
+  block = jnp.swapaxes(block, 1, 2)
+  return block.reshape(-1, plan.block_k, x.shape[-1])
+
+
+def _add_key_rows(buffer, rows, k_start):
+  """Add rows `[B * K, bk, D]` into `[B, S, K, D]` at key `k_start`."""
+  batch, _, heads, features = buffer.shape
+  block = jnp.swapaxes(rows.reshape(batch, heads, -1, features), 1, 2)
+  return _add_at(buffer, block, k_start, axis=1)
 
 
 def _forward(plan: Plan, query, key, value, bias, aux, params):
@@ -229,13 +267,13 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
     q_rows = _query_rows(plan, query, q_start)
 
     def visit(k_block_index, carry):
-      k_start = k_block_index * plan.block_k
-      mask = tile_mask(plan, aux, batch_size, q_start, k_start)
+      k_start, first_new = key_start(plan, k_block_index)
+      mask = tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
 
       def update(carry, mask):
         row_max, total, acc = carry
-        k_rows = _key_rows(key, k_start, plan.block_k)
-        v_rows = _key_rows(value, k_start, plan.block_k)
+        k_rows = _key_rows(plan, aux, key, k_start)
+        v_rows = _key_rows(plan, aux, value, k_start)
         logits = tile_logits(
             plan, batch_size, q_start, k_start, q_rows, k_rows,
             tile_of(bias, q_start, k_start, plan.block_q, plan.block_k),
@@ -303,13 +341,13 @@ def _backward(plan: Plan, residuals, cotangents):
     dot_rows = _query_rows(plan, row_dot, q_start)
 
     def visit(k_block_index, inner):
-      k_start = k_block_index * plan.block_k
-      mask = tile_mask(plan, aux, batch_size, q_start, k_start)
+      k_start, first_new = key_start(plan, k_block_index)
+      mask = tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
 
       def update(inner, mask):
         dq, dk, dv, dbias, dparams = inner
-        k_rows = _key_rows(key, k_start, plan.block_k)
-        v_rows = _key_rows(value, k_start, plan.block_k)
+        k_rows = _key_rows(plan, aux, key, k_start)
+        v_rows = _key_rows(plan, aux, value, k_start)
         bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
                             plan.block_k)
         logits, pullback = jax.vjp(
@@ -331,10 +369,8 @@ def _backward(plan: Plan, residuals, cotangents):
         d_logits = probs * (d_probs - dot_rows)
         dq_tile, dk_tile, dbias_tile, dparams_tile = pullback(d_logits)
         dq = dq + dq_tile.astype(_F32)
-        dk = _add_at(dk, dk_tile.reshape(dk.shape[:2] + dk_tile.shape[1:]),
-                     k_start, axis=2)
-        dv = _add_at(dv, dv_tile.reshape(dv.shape[:2] + dv_tile.shape[1:]),
-                     k_start, axis=2)
+        dk = _add_key_rows(dk, dk_tile, k_start)
+        dv = _add_key_rows(dv, dv_tile, k_start)
         if dbias is not None:
           dbias = _add_bias_grad(dbias, dbias_tile, q_start, k_start)
         dparams = jax.tree.map(lambda total, part: total + part.astype(

@@ -18,14 +18,15 @@ from jax.typing import ArrayLike
 from attention_jax import _attend
 from attention_jax import _checks
 from attention_jax import dropout as dropout_lib
-from attention_jax import masks as masks_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
 from attention_jax._chunked_kernel import chunked_core
 
 # Tile sizes chosen by timing T = S = 4096, 8 heads, head dim 64, float32 on
 # a 2-core x86-64 CPU: large tiles amortize per-tile overhead, while causal
-# and window masks gain more from skipping with smaller ones.
+# and window masks gain more from skipping with smaller ones. When T is
+# shorter than a query block (decoding), key blocks grow to keep the tile
+# area, because a loop step costs far more than a few small matrix rows.
 DEFAULT_BLOCKS = (512, 512)
 DEFAULT_MASKED_BLOCKS = (256, 256)
 
@@ -99,7 +100,8 @@ def chunked_attention(
       that the reference path drops for the same key.
     block_q: queries per tile; None picks 256 with a causal or window mask
       and 512 otherwise.
-    block_k: keys per tile, chosen like `block_q` when None.
+    block_k: keys per tile; None picks the same as `block_q`, or more keys
+      when T is shorter than a query block, keeping the tile area.
 
   Returns:
     The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
@@ -140,21 +142,13 @@ def chunked_attention(
   # tile. Low-precision queries keep the scale in the float32 tile instead,
   # so rounding matches the reference path.
   fold_scale = jnp.dtype(query.dtype).itemsize >= 4
-  # Keys that no query may see (padding, or all-False mask columns) are set
-  # to zero, because 0 * inf is NaN inside a tile's matrix products.
-  # NOTE: like the reference path, a key hidden only from some queries
-  # still enters their tile, so an infinite value there can reach them.
-  key, value = _attend.zero_unreachable_keys(
-      masks_lib.combine_masks(
-          mask, masks_lib.padding_mask(
-              query_length, key_length,
-              key_value_seq_lengths=key_value_seq_lengths)),
-      key, value)
   default_q, default_k = (
       DEFAULT_MASKED_BLOCKS if is_causal or window is not None
       else DEFAULT_BLOCKS)
+  if block_k is None:
+    rows = min(default_q if block_q is None else block_q, query_length)
+    block_k = max(default_k, default_q * default_k // max(rows, 1))
   block_q = default_q if block_q is None else block_q
-  block_k = default_k if block_k is None else block_k
   plan = Plan(
       query_length=query_length, key_length=key_length,
       num_kv_heads=num_kv_heads, group_size=group_size,
@@ -171,7 +165,7 @@ def chunked_attention(
       has_segments=query_segment_ids is not None,
       has_offset=query_offset is not None,
       dropout_rate=float(dropout_rate))
-  padded = (plan.padded_query_length, plan.padded_key_length)
+  padded = (plan.padded_query_length, key_length)
   flat_batch = int(np.prod(batch, dtype=np.int64))
 
   # [B..., T, N, H] -> [B, K, G, T_padded, H]
@@ -180,12 +174,9 @@ def chunked_attention(
   q5 = jnp.pad(q5, ((0, 0),) * 3 + ((0, padded[0] - query_length), (0, 0)))
   if fold_scale:
     q5 = q5 * jnp.asarray(scale, q5.dtype)
-  # [B..., S, K, H] -> [B, K, S_padded, H]
+  # [B..., S, K, H] -> [B, S, K, H], a free reshape.
   k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
-  pad_keys = ((0, 0), (0, 0), (0, padded[1] - key_length), (0, 0))
-  k4 = jnp.pad(k4.transpose(0, 2, 1, 3), pad_keys)
-  v4 = jnp.pad(v4.transpose(0, 2, 1, 3), pad_keys)
 
   bias5 = to_block_layout(bias, batch, num_kv_heads, group_size, padded, 0)
   aux = {
@@ -200,9 +191,14 @@ def chunked_attention(
     aux["query_segments"] = jnp.pad(
         _flat(query_segment_ids, batch, 1),
         ((0, 0), (0, padded[0] - query_length)))
-    aux["key_segments"] = jnp.pad(
-        _flat(key_segment_ids, batch, 1),
-        ((0, 0), (0, padded[1] - key_length)))
+    aux["key_segments"] = _flat(key_segment_ids, batch, 1)
+  if aux["mask"] is not None:
+    # Keys in an all-False mask column are set to zero inside each tile.
+    # NOTE: like the reference path, a key hidden only from some queries
+    # still enters their tile, so an infinite value there can reach them.
+    reachable = jnp.any(aux["mask"], axis=(1, 2, 3))
+    aux["key_reachable"] = jnp.broadcast_to(
+        reachable, (reachable.shape[0], key_length))
   if plan.dropout_rate > 0.0:
     aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
