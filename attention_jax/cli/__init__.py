@@ -1,0 +1,1 @@
+"""The `attention-jax` command line."""
