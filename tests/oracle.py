@@ -204,3 +204,164 @@ def feedforward_logits(inputs, kernel, bias, score_vector):
 def pool(weights, values):
   """Return `sum_s weights[..., s] * values[..., s, :]`."""
   return np.einsum("...s,...sd->...d", to_float64(weights), to_float64(values))
+
+
+def rope(x, positions, *, base=10000.0, rotary_dim=None, pairing="half"):
+  """Rotate channel pairs of `x` `[B..., L, N, H]` by `positions` `[L]` or
+  `[B..., L]`, one pair and one position at a time.
+
+  Pair i (of R / 2) turns by `position * base^(-2i / R)`. The "half"
+  pairing pairs channel i with i + R/2; "interleaved" pairs 2i with 2i + 1.
+  Channels from R on are copied unchanged.
+  """
+  x = to_float64(x)
+  head_dim = x.shape[-1]
+  rotary_dim = head_dim if rotary_dim is None else rotary_dim
+  positions = np.broadcast_to(np.asarray(positions), x.shape[:-2])
+  result = x.copy()
+  for index in np.ndindex(*x.shape[:-2]):
+    position = float(positions[index])
+    for n in range(x.shape[-2]):
+      for i in range(rotary_dim // 2):
+        angle = position * base ** (-2.0 * i / rotary_dim)
+        if pairing == "half":
+          first, second = i, i + rotary_dim // 2
+        else:
+          first, second = 2 * i, 2 * i + 1
+        a, b = x[index][n, first], x[index][n, second]
+        result[index + (n, first)] = a * math.cos(angle) - b * math.sin(angle)
+        result[index + (n, second)] = b * math.cos(angle) + a * math.sin(angle)
+  return result
+
+
+def default_positions(query_length: int, key_length: int, query_offset=None):
+  """Return `(query_positions, key_positions)` in the offset form: key s at
+  s and query t at `offset + t`, with offset `S - T` unless given (scalar
+  or `[B...]`)."""
+  if query_offset is None:
+    query_offset = key_length - query_length
+  offset = np.asarray(query_offset)
+  query = offset[..., None] + np.arange(query_length)
+  return query, np.arange(key_length)
+
+
+def relative_positions(batch_shape, query_positions, key_positions):
+  """Return `key position - query position` as `[B..., 1, T, S]`."""
+  query = np.broadcast_to(np.asarray(query_positions),
+                          (*batch_shape, np.shape(query_positions)[-1]))
+  key = np.broadcast_to(np.asarray(key_positions),
+                        (*batch_shape, np.shape(key_positions)[-1]))
+  distance = np.zeros((*batch_shape, 1, query.shape[-1], key.shape[-1]),
+                      dtype=np.int64)
+  for index in np.ndindex(*batch_shape):
+    for t in range(query.shape[-1]):
+      for s in range(key.shape[-1]):
+        distance[index + (0, t, s)] = key[index][s] - query[index][t]
+  return distance
+
+
+def alibi_bias(slopes, distance):
+  """Return `-slope_n * |distance|`, `[B..., N, T, S]` from `[B..., 1, T,
+  S]` distances."""
+  slopes = to_float64(slopes)
+  return -slopes[:, None, None] * np.abs(distance).astype(np.float64)
+
+
+def t5_bucket(relative_position: int, *, bidirectional: bool,
+              num_buckets: int, max_distance: int) -> int:
+  """Return the T5 bucket of one `key position - query position`."""
+  n = -int(relative_position)
+  bucket = 0
+  if bidirectional:
+    num_buckets //= 2
+    if n < 0:
+      bucket += num_buckets
+    n = abs(n)
+  else:
+    n = max(n, 0)
+  max_exact = num_buckets // 2
+  if n < max_exact:
+    return bucket + n
+  large = max_exact + int(math.log(n / max_exact)
+                          / math.log(max_distance / max_exact)
+                          * (num_buckets - max_exact))
+  return bucket + min(large, num_buckets - 1)
+
+
+def t5_bias(table, distance, *, bidirectional: bool, max_distance: int):
+  """Return `table[bucket(distance), n]` as `[B..., N, T, S]`."""
+  table = to_float64(table)
+  num_buckets, num_heads = table.shape
+  bias = np.zeros(distance.shape[:-3] + (num_heads,) + distance.shape[-2:])
+  for index in np.ndindex(*distance.shape):
+    bucket = t5_bucket(distance[index], bidirectional=bidirectional,
+                       num_buckets=num_buckets, max_distance=max_distance)
+    for n in range(num_heads):
+      bias[index[:-3] + (n,) + index[-2:]] = table[bucket, n]
+  return bias
+
+
+def shaw_attention(query, key, value, relative_keys, relative_values,
+                   distance, *, scale=None, allowed=None):
+  """Return the output `[B..., T, N, H_v]` of Shaw et al. attention.
+
+  For each pair, `r = clip(distance, -k, k) + k` indexes the tables;
+  `logit = scale * q . (k + a_K[r])` and `out_t = sum_s p_ts (v_s +
+  a_V[r])`. `distance` is `[B..., 1, T, S]`; a None table adds nothing.
+  """
+  query, key, value = to_float64(query), to_float64(key), to_float64(value)
+  *batch, query_length, num_heads, head_dim = query.shape
+  key_length = key.shape[-3]
+  kv_heads = kv_head_index(num_heads, key.shape[-2])
+  if scale is None:
+    scale = 1.0 / math.sqrt(head_dim)
+  table_rows = (relative_keys if relative_keys is not None
+                else relative_values).shape[0]
+  max_distance = (table_rows - 1) // 2
+  distance = np.broadcast_to(distance, (*batch, 1, query_length, key_length))
+  logits = np.zeros((*batch, num_heads, query_length, key_length))
+  for index in np.ndindex(*batch):
+    for n in range(num_heads):
+      for t in range(query_length):
+        for s in range(key_length):
+          row = int(np.clip(distance[index][0, t, s], -max_distance,
+                            max_distance)) + max_distance
+          k_vector = key[index][s, kv_heads[n]].copy()
+          if relative_keys is not None:
+            k_vector += to_float64(relative_keys)[row]
+          logits[index + (n, t, s)] = scale * query[index][t, n] @ k_vector
+  weights, _ = masked_softmax(logits, allowed)
+  out = weighted_values(weights, value)
+  if relative_values is None:
+    return out
+  relative_values = to_float64(relative_values)
+  for index in np.ndindex(*batch):
+    for n in range(num_heads):
+      for t in range(query_length):
+        for s in range(key_length):
+          row = int(np.clip(distance[index][0, t, s], -max_distance,
+                            max_distance)) + max_distance
+          weight = weights[index + (n, t, s)]
+          out[index + (t, n)] += weight * relative_values[row]
+  return out
+
+
+def sink_attention(query, key, value, sinks, *, scale=None, allowed=None):
+  """Return `(output, weights)` of attention whose softmax over each row
+  also includes the head's sink logit, which has no value.
+
+  The sink is appended as an extra, always visible column, and its weight
+  is dropped after the softmax.
+  """
+  logits = dot_product_logits(query, key, scale=scale)
+  visible = np.ones(logits.shape, dtype=bool)
+  if allowed is not None:
+    visible = np.broadcast_to(allowed, logits.shape)
+  sink_column = np.broadcast_to(
+      to_float64(sinks)[:, None, None], logits.shape[:-1] + (1,))
+  extended = np.concatenate([logits, sink_column], axis=-1)
+  extended_visible = np.concatenate(
+      [visible, np.ones(sink_column.shape, dtype=bool)], axis=-1)
+  weights, _ = masked_softmax(extended, extended_visible)
+  weights = weights[..., :-1]
+  return weighted_values(weights, value), weights

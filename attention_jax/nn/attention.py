@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
-from attention_jax.dot_product import dot_product_attention
 from attention_jax.nn import _options
+from attention_jax.nn import _positional_terms
 
 default_kernel_init = nnx.initializers.lecun_normal()
 
@@ -47,6 +47,12 @@ class MultiHeadAttention(nnx.Module):
     kernel_init: initializer of the projection kernels.
     bias_init: initializer of the projection biases.
     implementation: passed to `dot_product_attention`.
+    position: a positional module from `attention_jax.nn.positional`
+      (`RotaryEmbedding`, `ALiBi`, `T5RelativeBias`,
+      `ShawRelativePositions`, `AttentionSinks`) or None. It receives the
+      projected query and key with the call's `query_positions` and
+      `key_positions`, and its terms (rotated query and key, `score_mod`,
+      sinks or relative tables) enter the attention call.
     rngs: random streams for initialization and, with dropout, a `dropout`
       stream forked and stored for later calls.
   """
@@ -68,6 +74,7 @@ class MultiHeadAttention(nnx.Module):
       kernel_init: nnx.Initializer = default_kernel_init,
       bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
       implementation: str | None = None,
+      position: nnx.Module | None = None,
       rngs: nnx.Rngs,
   ):
     qkv_features = in_features if qkv_features is None else qkv_features
@@ -95,6 +102,7 @@ class MultiHeadAttention(nnx.Module):
     self.dropout_rate = dropout_rate
     self.deterministic = deterministic
     self.implementation = implementation
+    self.position = position
 
     def projection(features_in, heads):
       return nnx.LinearGeneral(
@@ -129,6 +137,8 @@ class MultiHeadAttention(nnx.Module):
       rngs: nnx.Rngs | nnx.RngStream | None = None,
       return_weights: bool = False,
       sow_weights: bool = False,
+      query_positions: ArrayLike | None = None,
+      key_positions: ArrayLike | None = None,
   ):
     """Attend from `inputs_q` to `inputs_k` and `inputs_v`.
 
@@ -148,6 +158,11 @@ class MultiHeadAttention(nnx.Module):
         `attention_weights`, for inspection without changing the return
         value; collect them by calling the model through
         `nnx.capture(model, nnx.Intermediate)`.
+      query_positions: integer `[T]` or `[B..., T]` positions of the queries
+        for the `position` module; give `key_positions` too. None means
+        query t at `S - T + t` (bottom-right, like the causal mask). Masks
+        do not read positions.
+      key_positions: integer `[S]` or `[B..., S]`; None means key s at s.
 
     Returns:
       `[B..., T, out_features]`, or `(output, weights)`.
@@ -170,20 +185,21 @@ class MultiHeadAttention(nnx.Module):
             "dropout needs random numbers: pass `rngs` to the call")
       dropout_rng = stream()
 
-    query = self.query(inputs_q)
-    key = self.key(inputs_k)
+    terms = _positional_terms.positional_terms(
+        self.position, self.query(inputs_q), self.key(inputs_k),
+        query_positions, key_positions)
     value = self.value(inputs_v)
     need_weights = return_weights or sow_weights
-    result = dot_product_attention(
-        query, key, value, bias, mask, is_causal=is_causal,
+    heads, weights = _positional_terms.attend(
+        terms, value, bias, mask, query_positions=query_positions,
+        key_positions=key_positions, return_weights=need_weights,
+        implementation=self.implementation, is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
         query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids,
-        implementation=self.implementation, dropout_rate=self.dropout_rate,
-        dropout_rng=dropout_rng, deterministic=deterministic,
-        return_weights=need_weights)
-    heads, weights = result if need_weights else (result, None)
+        dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        deterministic=deterministic)
     if sow_weights:
       self.sow(nnx.Intermediate, "attention_weights", weights)
 

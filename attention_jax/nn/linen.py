@@ -17,8 +17,8 @@ from jax.typing import ArrayLike
 
 from attention_jax.additive import additive_attention
 from attention_jax.basic import basic_attention
-from attention_jax.dot_product import dot_product_attention
 from attention_jax.nn import _options
+from attention_jax.nn import _positional_terms
 from attention_jax.nn.additive import score_vector_init
 
 
@@ -37,6 +37,9 @@ class MultiHeadAttention(nn.Module):
     dtype: computation dtype of the projections.
     param_dtype: parameter dtype.
     implementation: passed to `dot_product_attention`.
+    position: a Linen positional module from
+      `attention_jax.nn.linen_positional`, or None; its parameters live
+      under `position`. See `attention_jax.nn.MultiHeadAttention`.
   """
 
   num_heads: int
@@ -51,6 +54,7 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   implementation: str | None = None
+  position: nn.Module | None = None
 
   @nn.compact
   def __call__(
@@ -70,6 +74,8 @@ class MultiHeadAttention(nn.Module):
       deterministic: bool | None = None,
       return_weights: bool = False,
       sow_weights: bool = False,
+      query_positions: ArrayLike | None = None,
+      key_positions: ArrayLike | None = None,
   ):
     """Attend from `inputs_q` `[B..., T, D]` to `inputs_k`/`inputs_v`.
 
@@ -98,24 +104,26 @@ class MultiHeadAttention(nn.Module):
           param_dtype=self.param_dtype, kernel_init=self.kernel_init,
           bias_init=self.bias_init, name=name)
 
-    query = projection("query", self.num_heads)(inputs_q)
-    key = projection("key", num_kv_heads)(inputs_k)
+    terms = _positional_terms.positional_terms(
+        self.position, projection("query", self.num_heads)(inputs_q),
+        projection("key", num_kv_heads)(inputs_k), query_positions,
+        key_positions)
     value = projection("value", num_kv_heads)(inputs_v)
 
     deterministic = _options.resolve_deterministic(
         self.dropout_rate, deterministic, self.deterministic)
     dropout_rng = None if deterministic else self.make_rng("dropout")
     need_weights = return_weights or sow_weights
-    result = dot_product_attention(
-        query, key, value, bias, mask, is_causal=is_causal,
+    heads, weights = _positional_terms.attend(
+        terms, value, bias, mask, query_positions=query_positions,
+        key_positions=key_positions, return_weights=need_weights,
+        implementation=self.implementation, is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
         query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids,
-        implementation=self.implementation, dropout_rate=self.dropout_rate,
-        dropout_rng=dropout_rng, deterministic=deterministic,
-        return_weights=need_weights)
-    heads, weights = result if need_weights else (result, None)
+        dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        deterministic=deterministic)
     if sow_weights:
       self.sow("intermediates", "attention_weights", weights)
 
