@@ -227,6 +227,52 @@ def slot_positions(cache: KVCache) -> jax.Array:
   return jnp.where(newest >= 0, newest, -1)
 
 
+def new_query_positions(cache: KVCache, query_length: int,
+                        query_lengths: ArrayLike | None = None) -> jax.Array:
+  """Return the positions `[B..., T]` of the T newest tokens of `cache`."""
+  first = cache.length - (query_length if query_lengths is None
+                          else jnp.asarray(query_lengths, jnp.int32))
+  return first[..., None] + jnp.arange(query_length, dtype=jnp.int32)
+
+
+def ring_mask(
+    cache: KVCache, query_length: int, window: tuple[int, int] | None,
+    query_lengths: ArrayLike | None = None,
+) -> jax.Array:
+  """Return the `[B..., 1, T, C]` mask of the T newest queries over a cache.
+
+  A ring buffer stores positions out of order, so the mask is built from
+  each slot's position; it is small because C is the window length.
+  """
+  query_positions = new_query_positions(cache, query_length, query_lengths)
+  key_positions = slot_positions(cache)
+  distance = key_positions[..., None, :] - query_positions[..., :, None]
+  allowed = (key_positions[..., None, :] >= 0) & (distance <= 0)
+  if window is not None:
+    allowed &= (distance >= -window[0]) & (distance <= window[1])
+  if query_lengths is not None:
+    real = jnp.arange(query_length) < jnp.asarray(query_lengths)[..., None]
+    allowed &= real[..., :, None]
+  return allowed[..., None, :, :]
+
+
+def check_ring_window(cache: KVCache, query_length: int,
+                      window: tuple[int, int] | None) -> None:
+  """Raise unless a sliding-window cache still stores every query's keys."""
+  if not cache.is_ring:
+    return
+  if window is None:
+    raise ValueError(
+        "a sliding-window cache needs `local_window_size`, because it "
+        "keeps only the last capacity tokens")
+  if window[0] + query_length > cache.capacity:
+    raise ValueError(
+        f"the first of {query_length} queries looks {window[0]} positions "
+        f"back, but the sliding-window cache keeps only {cache.capacity}; "
+        f"use a capacity of at least left + T = "
+        f"{window[0] + query_length}")
+
+
 def cached_attention(
     query: ArrayLike,
     cache: KVCache,
@@ -267,17 +313,7 @@ def cached_attention(
         f"in the cache, but got {query.shape}")
   query_length = query.shape[-3]
   window = _checks.normalize_window(local_window_size)
-  if cache.is_ring:
-    if window is None:
-      raise ValueError(
-          "a sliding-window cache needs `local_window_size`, because it "
-          "keeps only the last capacity tokens")
-    if window[0] + query_length > cache.capacity:
-      raise ValueError(
-          f"the first of {query_length} queries looks {window[0]} positions "
-          f"back, but the sliding-window cache keeps only {cache.capacity}; "
-          f"use a capacity of at least left + T = "
-          f"{window[0] + query_length}")
+  check_ring_window(cache, query_length, window)
 
   first_position = cache.length - query_length
   if query_lengths is not None:
@@ -292,18 +328,7 @@ def cached_attention(
         query_offset=first_position, key_value_seq_lengths=cache.length,
         local_window_size=window, query_seq_lengths=query_lengths, **options)
 
-  # A ring buffer stores positions out of order, so build the [B..., 1, T,
-  # C] mask from each slot's position; it is small because C = W.
-  query_positions = first_position[..., None] + jnp.arange(query_length)
-  key_positions = slot_positions(cache)
-  distance = key_positions[..., None, :] - query_positions[..., :, None]
-  allowed = (key_positions[..., None, :] >= 0) & (distance <= 0)
-  if window is not None:
-    allowed &= (distance >= -window[0]) & (distance <= window[1])
-  if query_lengths is not None:
-    real = jnp.arange(query_length) < jnp.asarray(query_lengths)[..., None]
-    allowed &= real[..., :, None]
-  mask = allowed[..., None, :, :]
+  mask = ring_mask(cache, query_length, window, query_lengths)
   user_mask = options.pop("mask", None)
   if user_mask is not None:
     mask = mask & user_mask

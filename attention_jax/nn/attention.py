@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import ArrayLike
 
+from attention_jax import kv_cache
+from attention_jax.nn import _cached
 from attention_jax.nn import _options
 from attention_jax.nn import _positional_terms
 
@@ -139,6 +141,7 @@ class MultiHeadAttention(nnx.Module):
       sow_weights: bool = False,
       query_positions: ArrayLike | None = None,
       key_positions: ArrayLike | None = None,
+      cache: kv_cache.KVCache | None = None,
   ):
     """Attend from `inputs_q` to `inputs_k` and `inputs_v`.
 
@@ -163,10 +166,18 @@ class MultiHeadAttention(nnx.Module):
         query t at `S - T + t` (bottom-right, like the causal mask). Masks
         do not read positions.
       key_positions: integer `[S]` or `[B..., S]`; None means key s at s.
+      cache: a `KVCache` from `init_cache` for causal self-attention while
+        decoding. The new tokens' keys and values are appended, their
+        queries sit at `length - T + t` and attend causally to the cache,
+        and the call returns the updated cache as well. Attention over a
+        cache is always causal, whatever `is_causal` says. `mask` and `bias`
+        then broadcast to `[B..., N, T, C]`.
 
     Returns:
-      `[B..., T, out_features]`, or `(output, weights)`.
+      `[B..., T, out_features]`, or `(output, weights)`; with a cache,
+      `(that, new_cache)`.
     """
+    cross_inputs = (inputs_k, inputs_v)
     inputs_k = inputs_q if inputs_k is None else inputs_k
     inputs_v = inputs_k if inputs_v is None else inputs_v
     _options.check_features("inputs_q", inputs_q, self.in_features)
@@ -185,6 +196,18 @@ class MultiHeadAttention(nnx.Module):
             "dropout needs random numbers: pass `rngs` to the call")
       dropout_rng = stream()
 
+    if cache is not None:
+      return self._call_with_cache(
+          inputs_q, cache, cross_inputs=cross_inputs, mask=mask,
+          bias=bias, local_window_size=local_window_size,
+          return_weights=return_weights, sow_weights=sow_weights,
+          dropout_rng=dropout_rng, deterministic=deterministic,
+          unsupported=dict(
+              query_seq_lengths=query_seq_lengths,
+              key_value_seq_lengths=key_value_seq_lengths,
+              query_segment_ids=query_segment_ids,
+              key_segment_ids=key_segment_ids,
+              query_positions=query_positions, key_positions=key_positions))
     terms = _positional_terms.positional_terms(
         self.position, self.query(inputs_q), self.key(inputs_k),
         query_positions, key_positions)
@@ -207,6 +230,46 @@ class MultiHeadAttention(nnx.Module):
     if return_weights:
       return out, weights
     return out
+
+  def init_cache(self, batch_shape, capacity: int, *,
+                  sliding_window: bool = False, dtype=jnp.float32):
+    """Return an empty `KVCache` for this layer's K key/value heads.
+
+    Args:
+      batch_shape: B..., the leading batch axes of the inputs.
+      capacity: C, the number of positions kept (the window length W for a
+        sliding-window cache, which then needs `local_window_size`).
+      sliding_window: reuse slots modulo C.
+      dtype: dtype of the stored keys and values.
+    """
+    return kv_cache.init_cache(
+        tuple(batch_shape), capacity, self.num_kv_heads, self.head_dim,
+        dtype=dtype, sliding_window=sliding_window)
+
+  def _call_with_cache(self, inputs_q, cache, *, cross_inputs, mask, bias,
+                       local_window_size, return_weights, sow_weights,
+                       dropout_rng, deterministic, unsupported):
+    if any(inputs is not None for inputs in cross_inputs):
+      raise ValueError(
+          "a cache serves self-attention: pass only `inputs_q` with `cache`")
+    given = sorted(name for name, value in unsupported.items()
+                   if value is not None and value is not False)
+    if given:
+      raise ValueError(
+          f"{', '.join(given)} cannot be combined with `cache`: the cache "
+          "already makes attention causal and tracks lengths and positions")
+    need_weights = return_weights or sow_weights
+    heads, weights, cache = _cached.attend_with_cache(
+        self, inputs_q, cache, mask=mask, bias=bias,
+        local_window_size=local_window_size, return_weights=need_weights,
+        implementation=self.implementation, dropout_rate=self.dropout_rate,
+        dropout_rng=dropout_rng, deterministic=deterministic)
+    if sow_weights:
+      self.sow(nnx.Intermediate, "attention_weights", weights)
+    out = self.out(heads)
+    if return_weights:
+      return (out, weights), cache
+    return out, cache
 
 
 class SelfAttention(MultiHeadAttention):
