@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from attention_jax.cli import generate_command
 from attention_jax.cli import train_command
 from attention_jax.training.errors import UserInputError
 
@@ -25,6 +26,7 @@ def build_parser() -> ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train_command.add_parser(subparsers)
+    generate_command.add_parser(subparsers)
     return parser
 
 

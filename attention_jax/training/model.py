@@ -140,6 +140,18 @@ class Block(nnx.Module):
         (weights,) = intermediates["attention_weights"].get_value()
         return out, weights
 
+    def decode(self, x: jax.Array, cache):
+        """Apply the block to new tokens `x` [B, T, D] with a key/value cache; return `(x, cache)`."""
+        if self.attention_kind != "attention_jax":
+            raise UserInputError(
+                "decoding with a cache needs attention='attention_jax'; this model uses "
+                f"attention={self.attention_kind!r}"
+            )
+        attended, cache = self.attention(self.attention_norm(x), cache=cache)
+        x = x + attended
+        hidden = jax.nn.gelu(self.mlp_in(self.mlp_norm(x)))
+        return x + self.mlp_out(hidden), cache
+
     def __call__(
         self,
         x: jax.Array,
@@ -197,6 +209,26 @@ class TransformerLM(nnx.Module):
         for block in self.blocks:
             x = block(x, deterministic=deterministic, rngs=rngs)
         return self.head(self.final_norm(x))
+
+    def init_caches(self, batch_size: int) -> list:
+        """Return one empty key/value cache per layer, each holding up to `max_len` tokens."""
+        return [
+            block.attention.init_cache((batch_size,), self.config.max_len) for block in self.blocks
+        ]
+
+    def decode(self, tokens: jax.Array, caches: list) -> tuple[jax.Array, list]:
+        """Return next-token logits [B, T, vocab_size] for new `tokens` [B, T] and the updated caches.
+
+        The new tokens sit right after the cached ones, so their positions
+        are the cache length plus 0..T-1.
+        """
+        positions = caches[0].length[:, None] + jnp.arange(tokens.shape[-1])
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        updated = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block.decode(x, cache)
+            updated.append(cache)
+        return self.head(self.final_norm(x)), updated
 
     def attention_weights(self, tokens: jax.Array) -> list[jax.Array]:
         """Return each layer's attention weights [B, N, T, T] on `tokens` [B, T], without dropout."""
