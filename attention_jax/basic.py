@@ -8,7 +8,6 @@ attention can solve some long-term memory problems").
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 

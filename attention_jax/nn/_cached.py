@@ -8,7 +8,6 @@ keys are stored, and ALiBi, T5 and sink terms see the cached positions.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from attention_jax import _checks

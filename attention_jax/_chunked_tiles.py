@@ -1,0 +1,267 @@
+"""Per-tile steps of the chunked implementation: masks, logits, ranges and
+slices of one `[block_q, block_k]` tile.
+
+Arrays use the layout of `_blocks`: query `[B, K, G, T, H]`, key
+`[B, S, K, H]`, value `[B, S, K, H_v]`; a tile's rows stack the G query
+heads of each key/value head, `[B * K, G * bq, ...]`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax import _attend
+from attention_jax import dropout as dropout_lib
+from attention_jax._blocks import Plan, reduce_to_shape, tile_of
+
+F32 = jnp.float32
+
+
+def tile_indices(plan: Plan, q_start, k_start):
+  """Return broadcastable (batch, head, q_index, kv_index) for one tile.
+
+  The batch index is flat over all leading batch axes.
+  """
+  num_heads = plan.num_kv_heads * plan.group_size
+  heads = jnp.arange(num_heads, dtype=jnp.int32).reshape(
+      1, plan.num_kv_heads, plan.group_size, 1, 1)
+  q_index = (q_start + jnp.arange(plan.block_q, dtype=jnp.int32))
+  k_index = (k_start + jnp.arange(plan.block_k, dtype=jnp.int32))
+  return heads, q_index.reshape(1, 1, 1, -1, 1), k_index.reshape(1, 1, 1, 1, -1)
+
+
+def batch_index(batch_size: int) -> jax.Array:
+  return jnp.arange(batch_size, dtype=jnp.int32).reshape(-1, 1, 1, 1, 1)
+
+
+def _per_batch(x: jax.Array) -> jax.Array:
+  return x.reshape(-1, 1, 1, 1, 1)
+
+
+def key_start(plan: Plan, k_block_index):
+  """Return `(start, first_new)` of key block `k_block_index`.
+
+  The last block of a length that is not a multiple of `block_k` is shifted
+  left to end at S instead of being padded, so no [S]-sized copy of the keys
+  is made; its first keys repeat the previous block's and are masked as
+  `index < first_new`.
+  """
+  first_new = k_block_index * plan.block_k
+  return jnp.minimum(first_new, plan.key_length - plan.block_k), first_new
+
+
+def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
+              first_new):
+  """Return the boolean mask of one tile (broadcastable), or None."""
+  heads, q_index, k_index = tile_indices(plan, q_start, k_start)
+  parts = []
+  if plan.needs_bounds:
+    parts.append(k_index >= first_new)
+  if plan.uses_positions:
+    if plan.has_offset:
+      positions = _per_batch(aux["offset"]) + q_index
+    else:
+      positions = q_index + (plan.key_length - plan.query_length)
+    distance = k_index - positions
+    if plan.is_causal:
+      parts.append(distance <= 0)
+    if plan.window is not None:
+      left, right = plan.window
+      parts.append((distance >= -left) & (distance <= right))
+  if plan.has_query_lengths:
+    parts.append(q_index < _per_batch(aux["query_lengths"]))
+  if plan.has_key_lengths:
+    parts.append(k_index < _per_batch(aux["key_lengths"]))
+  if plan.has_segments:
+    query_ids = jax.lax.dynamic_slice_in_dim(
+        aux["query_segments"], q_start, plan.block_q, axis=1)
+    key_ids = jax.lax.dynamic_slice_in_dim(
+        aux["key_segments"], k_start, plan.block_k, axis=1)
+    same = query_ids[:, :, None] == key_ids[:, None, :]
+    parts.append(same[:, None, None])
+  if plan.has_mask:
+    parts.append(tile_of(aux["mask"], q_start, k_start, plan.block_q,
+                         plan.block_k))
+  if plan.mask_mod is not None:
+    indices = (batch_index(batch_size), heads, q_index, k_index)
+    parts.append(_attend.evaluate_mask_mod(plan.mask_mod, indices))
+  if not parts:
+    return None
+  result = parts[0]
+  for part in parts[1:]:
+    result = result & part
+  return result
+
+
+def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
+                k_block, bias_tile, params=None):
+  """Return the modified, scaled logits of one tile.
+
+  Args:
+    q_rows: `[B * K, G * bq, H]`, the query block with heads of a group
+      stacked as rows, so one matrix product serves the whole group.
+    k_block: `[B * K, bk, H]`.
+    bias_tile: block-layout bias tile or None.
+    params: the `score_mod_params` pytree, or None.
+
+  Returns:
+    Logits `[B * K, G * bq, bk]` in float32.
+  """
+  logits = jnp.einsum("xrh,xsh->xrs", q_rows, k_block,
+                      preferred_element_type=F32)
+  if plan.scale != 1.0:
+    logits = logits * jnp.asarray(plan.scale, F32)
+  if bias_tile is None and plan.score_mod is None:
+    return _attend.modify_logits(
+        logits, None, logits_soft_cap=plan.logits_soft_cap, score_mod=None,
+        indices=None)
+  indices = None
+  if plan.score_mod is not None:
+    heads, q_index, k_index = tile_indices(plan, q_start, k_start)
+    indices = (batch_index(batch_size), heads, q_index, k_index)
+  logits = _attend.modify_logits(
+      as_tile5(plan, logits), bias_tile, logits_soft_cap=plan.logits_soft_cap,
+      score_mod=plan.score_mod, indices=indices, score_mod_params=params)
+  return logits.reshape(-1, plan.group_size * plan.block_q, plan.block_k)
+
+
+def as_tile5(plan: Plan, x):
+  """View `[B * K, G * bq, ...]` rows as `[B, K, G, bq, ...]`."""
+  return x.reshape(-1, plan.num_kv_heads, plan.group_size, plan.block_q,
+                   *x.shape[2:])
+
+
+def as_rows(x):
+  """View `[B, K, G, bq, ...]` as `[B * K, G * bq, ...]`."""
+  return x.reshape(x.shape[0] * x.shape[1], x.shape[2] * x.shape[3],
+                   *x.shape[4:])
+
+
+def dropout_scale(plan: Plan, aux: dict, batch_size: int, q_start,
+                   k_start):
+  """Return the tile's dropout factors `[B * K, G * bq, bk]` (0 or
+  1 / keep probability), or None without dropout."""
+  if plan.dropout_rate == 0.0:
+    return None
+  heads, q_index, k_index = tile_indices(plan, q_start, k_start)
+  keep = dropout_lib.keep_mask(
+      aux["dropout_seeds"], plan.dropout_rate, batch_index(batch_size),
+      heads, q_index, k_index)
+  keep = jnp.broadcast_to(keep, (batch_size, plan.num_kv_heads,
+                                 plan.group_size, plan.block_q, plan.block_k))
+  factor = jnp.asarray(1.0 / (1.0 - plan.dropout_rate), F32)
+  return as_rows(jnp.where(keep, factor, jnp.zeros((), F32)))
+
+
+def valid_entries(plan: Plan, mask, logits):
+  """Return the validity of a `[B * K, G * bq, bk]` logits tile, or None."""
+  if mask is not None:
+    full = (logits.shape[0] // plan.num_kv_heads, plan.num_kv_heads,
+            plan.group_size, plan.block_q, plan.block_k)
+    mask = as_rows(jnp.broadcast_to(mask, full))
+  if plan.can_produce_neg_inf:
+    finite_below = logits != -jnp.inf
+    return finite_below if mask is None else mask & finite_below
+  return mask
+
+
+def key_block_range(plan: Plan, aux: dict, block):
+  """Return `[first, last)` key blocks that query block `block` can see."""
+  first = jnp.int32(0)
+  last = jnp.int32(plan.num_k_blocks)
+  q_first = block * plan.block_q
+  q_last = jnp.minimum(q_first + plan.block_q, plan.query_length) - 1
+  if plan.uses_positions:
+    if plan.has_offset:
+      low, high = jnp.min(aux["offset"]), jnp.max(aux["offset"])
+    else:
+      low = high = plan.key_length - plan.query_length
+    first_position = low + q_first
+    last_position = high + q_last
+    if plan.is_causal:
+      last = jnp.minimum(last, last_position // plan.block_k + 1)
+    if plan.window is not None:
+      left, right = plan.window
+      first = jnp.maximum(first, (first_position - left) // plan.block_k)
+      last = jnp.minimum(last, (last_position + right) // plan.block_k + 1)
+  if plan.has_key_lengths:
+    longest = jnp.max(aux["key_lengths"])
+    last = jnp.minimum(last, -(-longest // plan.block_k))
+  if plan.has_query_lengths:
+    last = jnp.where(q_first < jnp.max(aux["query_lengths"]), last, first)
+  first = jnp.clip(first, 0, plan.num_k_blocks).astype(jnp.int32)
+  last = jnp.clip(last, first, plan.num_k_blocks).astype(jnp.int32)
+  return first, last
+
+
+def visit_tile(mask, update, carry):
+  """Skip an all-False tile, and drop the mask of an all-True one.
+
+  `update(carry, mask)` takes the mask, or None when every entry is
+  visible; interior tiles of a causal or window mask then need no `where`.
+  """
+  if mask is None:
+    return update(carry, None)
+  branch = jnp.where(jnp.any(mask), jnp.where(jnp.all(mask), 2, 1), 0)
+  return jax.lax.switch(
+      branch,
+      (lambda c: c, lambda c: update(c, mask), lambda c: update(c, None)),
+      carry)
+
+
+def query_rows(plan: Plan, query, q_start):
+  """Slice query block `[B, K, G, bq, H]` and view it as rows."""
+  block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
+  return as_rows(block)
+
+
+def key_rows(plan: Plan, aux: dict, x, k_start):
+  """Slice keys or values `[B, S, K, D]` to rows `[B * K, bk, D]`.
+
+  Keys that no query may see (past `key_value_seq_lengths`, or in an
+  all-False column of a dense mask) become zeros, because 0 * inf is NaN in
+  the tile's matrix products.
+  """
+  block = jax.lax.dynamic_slice_in_dim(x, k_start, plan.block_k, 1)
+  keep = None
+  if plan.has_key_lengths:
+    index = k_start + jnp.arange(plan.block_k, dtype=jnp.int32)
+    keep = index < aux["key_lengths"][:, None]
+  if "key_reachable" in aux:
+    reachable = jax.lax.dynamic_slice_in_dim(
+        aux["key_reachable"], k_start, plan.block_k, 1)
+    keep = reachable if keep is None else keep & reachable
+  if keep is not None:
+    block = jnp.where(keep[:, :, None, None], block,
+                      jnp.zeros((), block.dtype))
+  block = jnp.swapaxes(block, 1, 2)
+  return block.reshape(-1, plan.block_k, x.shape[-1])
+
+
+def add_key_rows(buffer, rows, k_start):
+  """Add rows `[B * K, bk, D]` into `[B, S, K, D]` at key `k_start`."""
+  batch, _, heads, features = buffer.shape
+  block = jnp.swapaxes(rows.reshape(batch, heads, -1, features), 1, 2)
+  return add_at(buffer, block, k_start, axis=1)
+
+
+def add_at(buffer, update, start, axis):
+  size = update.shape[axis]
+  current = jax.lax.dynamic_slice_in_dim(buffer, start, size, axis)
+  return jax.lax.dynamic_update_slice_in_dim(
+      buffer, current + update.astype(buffer.dtype), start, axis)
+
+
+def add_bias_grad(dbias, tile_grad, q_start, k_start):
+  tile_grad = reduce_to_shape(tile_grad.astype(dbias.dtype),
+                              dbias.shape[:3] + tile_grad.shape[3:])
+  rows, cols = dbias.shape[-2:]
+  tile_grad = reduce_to_shape(
+      tile_grad, tile_grad.shape[:3] + (1 if rows == 1 else tile_grad.shape[3],
+                                        1 if cols == 1 else tile_grad.shape[4]))
+  starts = (0, 0, 0, q_start if rows != 1 else 0, k_start if cols != 1 else 0)
+  current = jax.lax.dynamic_slice(dbias, starts, tile_grad.shape)
+  return jax.lax.dynamic_update_slice(dbias, current + tile_grad, starts)
+
+
