@@ -19,6 +19,8 @@ POSITIONS = {
     "t5": lambda: ajnn.T5RelativeBias(NUM_HEADS, bidirectional=False,
                                       rngs=nnx.Rngs(3)),
     "sinks": lambda: ajnn.AttentionSinks(NUM_HEADS, rngs=nnx.Rngs(4)),
+    "shaw": lambda: ajnn.ShawRelativePositions(
+        FEATURES // NUM_HEADS, 3, rngs=nnx.Rngs(5)),
 }
 
 
