@@ -8,8 +8,8 @@ alignment used everywhere else in the library.
 
 Two layouts:
 
-* a linear cache (`window=None`) stores position p in slot p and holds at
-  most `capacity` tokens;
+* a linear cache (`sliding_window=False`) stores position p in slot p and
+  at most `capacity` tokens;
 * a sliding-window cache stores position p in slot `p % capacity`, a ring
   buffer that keeps the last `capacity` tokens and never overflows. Use it
   with a causal window, `local_window_size=(left, 0)`, and a capacity of at
@@ -120,8 +120,8 @@ def _check_new_entries(cache: KVCache, key: jax.Array, value: jax.Array):
 
 def _check_no_overflow(cache: KVCache, new_length: jax.Array) -> None:
   # NOTE: lengths are data, so this check runs only outside `jit` and
-  # `scan`; traced lengths pass unchecked and an overflowing write is
-  # clamped by `dynamic_update_slice`, overwriting the last slots.
+  # `scan`. Traced lengths pass unchecked, and then `dynamic_update_slice`
+  # clamps an overflowing write so that it overwrites the last slots.
   if cache.is_ring or isinstance(new_length, jax.core.Tracer):
     return
   longest = int(np.max(np.asarray(new_length)))
