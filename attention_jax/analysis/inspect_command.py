@@ -136,7 +136,8 @@ def _write_heatmaps(output: pathlib.Path, weights: np.ndarray, tokens: list[list
       path = output / "heatmaps" / f"sentence{sentence}_layer{layer}.png"
       plots.plot_attention_grid(
           weights[layer, sentence, :, :length, :length], sentence_tokens,
-          title=f"sentence {sentence}, layer {layer}", path=path)
+          title=f"sentence {sentence}, layer {layer}", first_layer=layer,
+          path=path)
       paths.append(path)
   return paths
 

@@ -77,13 +77,16 @@ def plot_attention_grid(
     tokens: Sequence[str] | None = None,
     *,
     title: str | None = None,
+    first_layer: int = 0,
     path: str | pathlib.Path | None = None,
 ):
   """Draw every head of every layer: `weights` `[L, N, T, S]` (or `[N, T, S]` for one layer).
 
   One subplot per head, layers as rows and heads as columns, each scaled
-  from 0 to 1. `tokens` label the first column's rows and the last row's
-  columns when T == S.
+  from 0 to 1. A single layer with more than 6 heads wraps its heads over
+  rows of 4, so the figure stays readable. Rows are labelled from
+  `first_layer` up. `tokens` label the first column's rows and the last
+  row's columns when T == S.
   """
   weights = np.asarray(weights, dtype=np.float32)
   if weights.ndim == 3:
@@ -91,23 +94,31 @@ def plot_attention_grid(
   if weights.ndim != 4:
     raise ValueError(f"`weights` should have shape [L, N, T, S] or [N, T, S], but got {weights.shape}")
   num_layers, num_heads, num_queries, num_keys = weights.shape
+  columns = 4 if num_layers == 1 and num_heads > 6 else num_heads
+  rows_per_layer = -(-num_heads // columns)
+  num_rows = num_layers * rows_per_layer
   cell = max(2.0, 0.2 * max(num_queries, num_keys))
-  figure = _figure(1.0 + cell * num_heads, 0.8 + cell * num_layers)
-  grid = figure.subplots(num_layers, num_heads, squeeze=False)
+  figure = _figure(1.0 + cell * columns, 0.8 + cell * num_rows)
+  grid = figure.subplots(num_rows, columns, squeeze=False)
   fontsize = max(4.0, min(7.0, 60.0 / max(num_queries, 1)))
+  for axes in grid.ravel():
+    axes.set_axis_off()
   for layer in range(num_layers):
     for head in range(num_heads):
-      axes = grid[layer, head]
+      row = layer * rows_per_layer + head // columns
+      column = head % columns
+      axes = grid[row, column]
+      axes.set_axis_on()
       axes.imshow(weights[layer, head], cmap="viridis", vmin=0.0, vmax=1.0)
       axes.set_xticks([])
       axes.set_yticks([])
-      if layer == 0:
+      if layer == 0 or rows_per_layer > 1:
         axes.set_title(f"head {head}", fontsize=8)
-      if head == 0:
-        axes.set_ylabel(f"layer {layer}", fontsize=8)
+      if column == 0:
+        axes.set_ylabel(f"layer {first_layer + layer}", fontsize=8)
         if tokens is not None and len(tokens) == num_queries:
           axes.set_yticks(range(num_queries), tokens, fontsize=fontsize)
-      if layer == num_layers - 1 and tokens is not None and len(tokens) == num_keys:
+      if row == num_rows - 1 and tokens is not None and len(tokens) == num_keys:
         axes.set_xticks(range(num_keys), tokens, rotation=90, fontsize=fontsize)
   if title:
     figure.suptitle(title)
