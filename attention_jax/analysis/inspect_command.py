@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.analysis import diagnostics
 from attention_jax.analysis import importance as importance_lib
 from attention_jax.analysis import plots
@@ -58,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       "inspect",
       help="inspect the attention heads of a pretrained sentence encoder",
       description=DESCRIPTION,
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+      formatter_class=DefaultsHelpFormatter,
   )
   parser.set_defaults(run=run)
   parser.add_argument("sentences", nargs="+", help="sentences to encode (quote each one)")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 
+from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.cli.logs import configure_logging
 from attention_jax.training.errors import UserInputError
 
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "generate",
         help="continue a prompt with a model trained by `train`",
         description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.set_defaults(run=run)
     parser.add_argument("--checkpoint", default="runs/demo",

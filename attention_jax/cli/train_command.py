@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.cli.logs import configure_logging
 from attention_jax.training.config import TrainConfig
 from attention_jax.training.model import ATTENTION_CHOICES
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="train a small transformer language model on text",
         description=DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.set_defaults(run=run)
 
@@ -44,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--validation-fraction", type=float, default=_DEFAULTS.validation_fraction,
                       help="fraction of files held out for validation")
     data.add_argument("--max-data-mb", type=float, default=_DEFAULTS.max_data_mb,
-                      help="stop reading files after this many megabytes (MiB) of text")
+                      help="stop reading files after this many MiB of text")
 
     model = parser.add_argument_group("model")
     model.add_argument("--attention", choices=ATTENTION_CHOICES, default=_DEFAULTS.attention,
