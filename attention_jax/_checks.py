@@ -109,3 +109,26 @@ def normalize_window(
         "`local_window_size` should be non-negative, but got "
         f"{local_window_size!r}")
   return window
+
+
+def check_bias(bias: Any, full_shape: Sequence[int]) -> None:
+  """Raise unless `bias` is floating and broadcasts to `[B..., N, T, S]`."""
+  check_floating("bias", bias)
+  check_broadcastable("bias", bias, full_shape, "[B..., N, T, S]")
+
+
+def check_value(key: Any, value: Any) -> None:
+  """Raise unless `value` is `[B..., S, K, H_v]` matching `key` `[B..., S, K, H]`."""
+  check_floating("value", value)
+  key_shape, value_shape = shape_of(key), shape_of(value)
+  if len(value_shape) != len(key_shape) or value_shape[:-1] != key_shape[:-1]:
+    raise ValueError(
+        "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
+        f"{key_shape[:-1]} as in `key`, but got {value_shape}")
+
+
+def check_soft_cap(logits_soft_cap: float | None) -> None:
+  """Raise unless `logits_soft_cap` is None or positive."""
+  if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
+    raise ValueError(
+        f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")

@@ -18,7 +18,7 @@ from attention_jax.chunked import chunked_attention
 def choose_implementation(implementation: str | None, query: jax.Array,
                           key: jax.Array, *, return_weights: bool) -> str:
   """Return "reference" or "chunked" as `dot_product_attention` would."""
-  return dot_product._choose_implementation(
+  return dot_product.choose_implementation(
       implementation, jnp.asarray(query), jnp.asarray(key),
       return_weights=return_weights)
 

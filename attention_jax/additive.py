@@ -41,10 +41,7 @@ def _attend_with_logits(
   *batch, query_length, num_heads, _ = query.shape
   key_length = key.shape[-3]
   if bias is not None:
-    _checks.check_floating("bias", bias)
-    _checks.check_broadcastable(
-        "bias", bias, (*batch, num_heads, query_length, key_length),
-        "[B..., N, T, S]")
+    _checks.check_bias(bias, (*batch, num_heads, query_length, key_length))
   combined = _attend.build_mask(
       tuple(batch), num_heads, query_length, key_length, mask=mask,
       **mask_options)

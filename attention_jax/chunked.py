@@ -109,20 +109,13 @@ def chunked_attention(
   """
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   scores_lib.check_query_key(query, key)
-  _checks.check_floating("value", value)
-  if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1]:
-    raise ValueError(
-        "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
-        f"{key.shape[:-1]} as in `key`, but got {value.shape}")
+  _checks.check_value(key, value)
   *batch, query_length, num_heads, head_dim = query.shape
   batch = tuple(batch)
   key_length, num_kv_heads = key.shape[-3], key.shape[-2]
   group_size = num_heads // num_kv_heads
   if bias is not None:
-    _checks.check_floating("bias", bias)
-    _checks.check_broadcastable(
-        "bias", bias, (*batch, num_heads, query_length, key_length),
-        "[B..., N, T, S]")
+    _checks.check_bias(bias, (*batch, num_heads, query_length, key_length))
   window = _attend.validate_mask_options(
       batch, num_heads, query_length, key_length, mask=mask,
       query_offset=query_offset, query_seq_lengths=query_seq_lengths,
@@ -132,9 +125,7 @@ def chunked_attention(
   _checks.check_dropout_rate(dropout_rate)
   if deterministic or dropout_rng is None:
     dropout_rate = 0.0
-  if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
-    raise ValueError(
-        f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
+  _checks.check_soft_cap(logits_soft_cap)
 
   scale = float(scores_lib.default_scale(head_dim) if scale is None
                 else scale)

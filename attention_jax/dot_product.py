@@ -33,15 +33,6 @@ IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla", "chunked")
 CHUNKED_MIN_PAIRS = 16 * 16
 
 
-def _check_value(key: jax.Array, value: jax.Array) -> None:
-  _checks.check_floating("value", value)
-  expected = (*key.shape[:-1],)
-  if value.ndim != key.ndim or tuple(value.shape[:-1]) != expected:
-    raise ValueError(
-        "`value` should have shape [B..., S, K, H_v] with B..., S, K = "
-        f"{expected} as in `key`, but got {value.shape}")
-
-
 def _drop_leading_unit_axes(x: ArrayLike | None, rank: int):
   """Drop leading size-1 axes of `x` beyond `rank` dimensions.
 
@@ -67,10 +58,7 @@ def _validated_mask(
   *batch, query_length, num_heads, _ = query.shape
   key_length = key.shape[-3]
   if bias is not None:
-    _checks.check_floating("bias", bias)
-    _checks.check_broadcastable(
-        "bias", bias, (*batch, num_heads, query_length, key_length),
-        "[B..., N, T, S]")
+    _checks.check_bias(bias, (*batch, num_heads, query_length, key_length))
   return _attend.build_mask(
       tuple(batch), num_heads, query_length, key_length, mask=mask,
       **mask_options)
@@ -118,18 +106,12 @@ def _with_mask_mod(
   return allowed if combined is None else combined & allowed
 
 
-def _check_soft_cap(logits_soft_cap: float | None) -> None:
-  if logits_soft_cap is not None and not float(logits_soft_cap) > 0:
-    raise ValueError(
-        f"`logits_soft_cap` should be positive, but got {logits_soft_cap}")
-
-
 def _full_shape(query: jax.Array, key: jax.Array) -> tuple[int, ...]:
   *batch, query_length, num_heads, _ = query.shape
   return (*batch, num_heads, query_length, key.shape[-3])
 
 
-def _choose_implementation(
+def choose_implementation(
     implementation: str | None, query: jax.Array, key: jax.Array, *,
     return_weights: bool,
 ) -> str:
@@ -187,7 +169,7 @@ def dot_product_attention_weights(
   bias = _drop_leading_unit_axes(bias, query.ndim)
   mask = _drop_leading_unit_axes(mask, query.ndim)
   _checks.check_dropout_rate(dropout_rate)
-  _check_soft_cap(logits_soft_cap)
+  _checks.check_soft_cap(logits_soft_cap)
   combined = _validated_mask(
       query, key, bias, mask, is_causal=is_causal,
       query_offset=query_offset, query_seq_lengths=query_seq_lengths,
@@ -270,7 +252,7 @@ def dot_product_attention(
       padding and return zeros.
     key_value_seq_lengths: integer `[B...]`; keys at `s >= length` are
       padding.
-    local_window_size: `(left, right)`: the query at position p sees keys
+    local_window_size: `(left, right)`: the query at position p may attend to keys
       in `[p - left, p + right]`. One int `w` means `(w, w)`.
     implementation: `"reference"` (or its alias `"xla"`) materializes the
       `[B..., N, T, S]` weights; `"chunked"` computes attention block by
@@ -315,10 +297,10 @@ def dot_product_attention(
   bias = _drop_leading_unit_axes(bias, query.ndim)
   mask = _drop_leading_unit_axes(mask, query.ndim)
   scores_lib.check_query_key(query, key)
-  _check_value(key, value)
+  _checks.check_value(key, value)
   _checks.check_dropout_rate(dropout_rate)
-  _check_soft_cap(logits_soft_cap)
-  chosen = _choose_implementation(
+  _checks.check_soft_cap(logits_soft_cap)
+  chosen = choose_implementation(
       implementation, query, key, return_weights=return_weights)
   if chosen == "chunked":
     return chunked_attention(

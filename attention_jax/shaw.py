@@ -44,7 +44,6 @@ from attention_jax import _dispatch
 from attention_jax import _relative
 from attention_jax import _score_mods
 from attention_jax import _shaw_values
-from attention_jax import dot_product
 from attention_jax import scores as scores_lib
 
 _F32 = jnp.float32
@@ -239,7 +238,7 @@ def shaw_attention(
   """
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   scores_lib.check_query_key(query, key)
-  dot_product._check_value(key, value)
+  _checks.check_value(key, value)
   relative_keys = None if relative_keys is None else jnp.asarray(relative_keys)
   relative_values = (None if relative_values is None
                      else jnp.asarray(relative_values))

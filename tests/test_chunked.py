@@ -344,7 +344,7 @@ def test_chunked_no_retrace_on_same_shapes():
 def test_default_dispatch_by_size():
   small = jnp.zeros((1, 8, 2, 4))
   large = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
-  choose = functools.partial(dot_product._choose_implementation, None)
+  choose = functools.partial(dot_product.choose_implementation, None)
 
   assert choose(small, small, return_weights=False) == "reference"
   assert choose(large, large, return_weights=False) == "chunked"
