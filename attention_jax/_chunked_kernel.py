@@ -8,7 +8,7 @@ recomputes each tile's weights from the log-sum-exp instead of storing them,
 so memory grows linearly in T and S.
 
 Tiles that the causal, window, length or key-range bounds exclude are never
-visited; tiles inside the range whose mask is all False (segments, dense
+visited. Tiles inside the range whose mask is all False (segments, dense
 masks, `mask_mod`) are skipped with `lax.cond`. Arrays use the layout of
 `_blocks`: query `[B, K, G, T, H]`, key `[B, S, K, H]`, value
 `[B, S, K, H_v]` (keys keep the caller's layout, so a long key/value cache

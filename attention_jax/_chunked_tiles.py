@@ -44,7 +44,7 @@ def key_start(plan: Plan, k_block_index):
 
   The last block of a length that is not a multiple of `block_k` is shifted
   left to end at S instead of being padded, so no [S]-sized copy of the keys
-  is made; its first keys repeat the previous block's and are masked as
+  is made. Its first keys repeat the previous block's and are masked as
   `index < first_new`.
   """
   first_new = k_block_index * plan.block_k

@@ -242,7 +242,7 @@ def ring_mask(
   """Return the `[B..., 1, T, C]` mask of the T newest queries over a cache.
 
   A ring buffer stores positions out of order, so the mask is built from
-  each slot's position; it is small because C is the window length.
+  each slot's position. It stays small because C is the window length.
   """
   query_positions = new_query_positions(cache, query_length, query_lengths)
   key_positions = slot_positions(cache)
@@ -285,8 +285,8 @@ def cached_attention(
   """Attend from the T newest tokens to everything in the cache.
 
   The tokens must already be appended, so query `t` of batch element `b`
-  sits at position `length[b] - T + t` and sees cached keys at or before
-  its position (and within `local_window_size`, if given).
+  sits at position `length[b] - T + t` and attends to cached keys at or
+  before its position (and within `local_window_size`, if given).
 
   Args:
     query: `[B..., T, N, H]` with K dividing N.

@@ -49,13 +49,13 @@ def causal_mask(
     query_length: int, key_length: int, *,
     query_offset: ArrayLike | None = None,
 ) -> jax.Array:
-  """Return a causal mask: query at position p sees keys at positions <= p.
+  """Return a causal mask: query at position p may attend to keys at positions <= p.
 
   Args:
     query_length: T.
     key_length: S.
     query_offset: position of the first query (scalar or `[B...]`); defaults
-      to `S - T`, so the last query sees every key.
+      to `S - T`, so the last query may attend to every key.
 
   Returns:
     A boolean array of shape `[T, S]`, or `[B..., 1, T, S]` for a batched
@@ -73,7 +73,7 @@ def sliding_window_mask(
 ) -> jax.Array:
   """Return a local-window mask.
 
-  The query at position p sees keys in `[p - left, p + right]`, its own
+  The query at position p may attend to keys in `[p - left, p + right]`, its own
   position included; `(W - 1, 0)` is a causal window of W keys.
 
   Args:

@@ -1,9 +1,9 @@
 """Decoding speed with a key/value cache versus recomputing every step.
 
 For each context length, one attention layer decodes `--steps` tokens after
-a prompt that fills the context: once by appending to a `KVCache` and
-attending from the new token only, and once by recomputing causal attention
-over the whole sequence at every step. Both run inside `lax.scan` under
+a prompt that fills the context. It does so once by appending to a `KVCache`
+and attending from the new token only, and once by recomputing causal
+attention over the whole sequence at every step. Both run inside `lax.scan` under
 `jit`; compilation is excluded from the timings. Prints tokens per second
 and the speed-up, and writes JSON.
 

@@ -16,7 +16,7 @@ def attention_rollout(layer_weights: Sequence[ArrayLike] | ArrayLike) -> jax.Arr
   For each layer, the weights are averaged over heads, the identity is
   added for the residual connection and each row is renormalized to sum to
   1 (so a row with weights summing to 1 becomes `0.5 W + 0.5 I`). The
-  rollout is `A_L @ ... @ A_2 @ A_1`: row t says how much each input token
+  rollout is `A_L @ ... @ A_2 @ A_1`: row t gives how much each input token
   flows into output position t.
 
   Args:

@@ -170,7 +170,7 @@ class MultiHeadAttention(nnx.Module):
         decoding. The new tokens' keys and values are appended, their
         queries sit at `length - T + t` and attend causally to the cache,
         and the call returns the updated cache as well. Attention over a
-        cache is always causal, whatever `is_causal` says. `mask` and `bias`
+        cache is always causal, whatever the value of `is_causal`. `mask` and `bias`
         then broadcast to `[B..., N, T, C]`.
 
     Returns:
