@@ -24,6 +24,7 @@ def basic_attention(
     *,
     mask: ArrayLike | None = None,
     values: ArrayLike | None = None,
+    is_causal: bool = False,
     return_weights: bool = False,
 ):
   """Pool `inputs` over the sequence with weights `softmax(v . tanh(W x + b))`.
@@ -36,11 +37,16 @@ def basic_attention(
     mask: boolean `[B..., S]` (or broadcastable to it), True for positions
       that take part. A fully masked sequence pools to zeros.
     values: optional `[B..., S, D_v]` to average instead of `inputs`.
-    return_weights: also return the weights `[B..., S]`.
+    is_causal: pool every prefix instead of the whole sequence: output row
+      `t` averages positions `0..t` with the same per-position scores, so a
+      causal language model can use it as a token mixer.
+    return_weights: also return the weights `[B..., S]` (`[B..., S, S]`
+      with `is_causal`).
 
   Returns:
     The pooled vector `[B..., D]` (or `[B..., D_v]`), or
-    `(pooled, weights)`.
+    `(pooled, weights)`. With `is_causal`, one pooled vector per prefix:
+    `[B..., S, D]` (or `[B..., S, D_v]`).
   """
   inputs = jnp.asarray(inputs)
   logits = scores_lib.feedforward_scores(inputs, kernel, bias, score_vector)
@@ -60,9 +66,20 @@ def basic_attention(
     visible = jnp.broadcast_to(mask, logits.shape)[..., None]
     values = jnp.where(visible, values, jnp.zeros((), values.dtype))
 
-  weights = masked_softmax(logits, mask)
-  pooled = jnp.einsum("...s,...sd->...d", weights.astype(values.dtype),
-                      values, preferred_element_type=weights.dtype)
+  if is_causal:
+    length = logits.shape[-1]
+    prefix = jnp.tril(jnp.ones((length, length), dtype=bool))
+    if mask is not None:
+      prefix = prefix & jnp.asarray(mask)[..., None, :]
+    logits = jnp.broadcast_to(logits[..., None, :],
+                              logits.shape[:-1] + (length, length))
+    weights = masked_softmax(logits, prefix)
+    pooled = jnp.einsum("...ts,...sd->...td", weights.astype(values.dtype),
+                        values, preferred_element_type=weights.dtype)
+  else:
+    weights = masked_softmax(logits, mask)
+    pooled = jnp.einsum("...s,...sd->...d", weights.astype(values.dtype),
+                        values, preferred_element_type=weights.dtype)
   pooled = pooled.astype(values.dtype)
   if return_weights:
     return pooled, weights.astype(inputs.dtype)

@@ -316,6 +316,28 @@ def test_basic_weights_match_oracle(case):
   np.testing.assert_allclose(weights, expected, **F32)
 
 
+@pytest.mark.parametrize("case", ["plain", "mask", "empty_sequence",
+                                  "values"])
+def test_basic_causal_pools_each_prefix(case):
+  options = dict(BASIC_CASES[case])
+  inputs = random_normal(215, (*BATCH, S, D))
+  pooled, weights = aj.basic_attention(inputs, **BASIC_PARAMS, is_causal=True,
+                                       return_weights=True, **options)
+  assert pooled.shape[:-1] == (*BATCH, S)
+  assert weights.shape == (*BATCH, S, S)
+  mask, values = options.get("mask"), options.get("values")
+  for t in range(S):
+    prefix = slice(0, t + 1)
+    expected, expected_weights = basic_expected(
+        inputs[..., prefix, :],
+        None if mask is None else np.asarray(mask)[..., prefix],
+        None if values is None else values[..., prefix, :])
+    np.testing.assert_allclose(pooled[..., t, :], expected, **F32)
+    np.testing.assert_allclose(weights[..., t, prefix], expected_weights,
+                               **F32)
+    np.testing.assert_array_equal(np.asarray(weights)[..., t, t + 1:], 0.0)
+
+
 def test_basic_empty_sequence_zero():
   pooled, weights, _, _ = run_basic_case("empty_sequence")
   np.testing.assert_array_equal(np.asarray(pooled)[1], 0.0)

@@ -106,6 +106,42 @@ def test_mha_heads_equal_core_function():
       module.out(heads), **TOLERANCE)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_mha_scale_reaches_core_function(scale):
+  inputs_q, inputs_kv = _inputs()
+  module = ajnn.MultiHeadAttention(
+      NUM_HEADS, FEATURES, num_kv_heads=3, in_kv_features=KV_FEATURES,
+      scale=scale, rngs=nnx.Rngs(0))
+  heads = jax.nn.dot_product_attention(
+      module.query(inputs_q), module.key(inputs_kv), module.value(inputs_kv),
+      scale=scale)
+  expected = module.out(heads)
+
+  np.testing.assert_allclose(module(inputs_q, inputs_kv), expected,
+                             **TOLERANCE)
+  linen_module = ajlinen.MultiHeadAttention(
+      num_heads=NUM_HEADS, num_kv_heads=3, scale=scale)
+  params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+  np.testing.assert_allclose(
+      linen_module.apply({"params": params}, inputs_q, inputs_kv),
+      expected, **TOLERANCE)
+
+
+def test_mha_scale_applies_to_cached_decoding():
+  inputs_q, _ = _inputs()
+  module = ajnn.MultiHeadAttention(NUM_HEADS, FEATURES, scale=1.0,
+                                   rngs=nnx.Rngs(0))
+  full = module(inputs_q, is_causal=True)
+  cache = module.init_cache((BATCH,), QUERY_LEN)
+  steps = []
+  for t in range(QUERY_LEN):
+    out, cache = module(inputs_q[:, t:t + 1], cache=cache)
+    steps.append(out)
+
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full,
+                             **TOLERANCE)
+
+
 def test_mha_returns_and_sows_weights():
   inputs_q, inputs_kv = _inputs()
   module = ajnn.MultiHeadAttention(

@@ -108,7 +108,8 @@ class BasicAttention(nnx.Module):
 
   def __call__(
       self, inputs: jax.Array, *, mask: ArrayLike | None = None,
-      values: jax.Array | None = None, return_weights: bool = False,
+      values: jax.Array | None = None, is_causal: bool = False,
+      return_weights: bool = False,
   ):
     """Pool `inputs` `[B..., S, D]` to `[B..., D]`.
 
@@ -116,9 +117,13 @@ class BasicAttention(nnx.Module):
       inputs: `[B..., S, D]`.
       mask: boolean `[B..., S]`, True for positions that take part.
       values: optional `[B..., S, D_v]` to average instead of `inputs`.
-      return_weights: also return the weights `[B..., S]`.
+      is_causal: pool every prefix, returning `[B..., S, D]`; see
+        `attention_jax.basic_attention`.
+      return_weights: also return the weights `[B..., S]` (`[B..., S, S]`
+        with `is_causal`).
     """
     _options.check_features("inputs", inputs, self.in_features)
     return basic_attention(
         inputs, self.kernel[...], self.bias[...], self.score_vector[...],
-        mask=mask, values=values, return_weights=return_weights)
+        mask=mask, values=values, is_causal=is_causal,
+        return_weights=return_weights)

@@ -49,6 +49,8 @@ class MultiHeadAttention(nnx.Module):
     kernel_init: initializer of the projection kernels.
     bias_init: initializer of the projection biases.
     implementation: passed to `dot_product_attention`.
+    scale: logit multiplier; None means `1 / sqrt(H)`, and 1.0 gives
+      unscaled dot-product attention.
     position: a positional module from `attention_jax.nn.positional`
       (`RotaryEmbedding`, `ALiBi`, `T5RelativeBias`,
       `ShawRelativePositions`, `AttentionSinks`) or None. It receives the
@@ -76,6 +78,7 @@ class MultiHeadAttention(nnx.Module):
       kernel_init: nnx.Initializer = default_kernel_init,
       bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
       implementation: str | None = None,
+      scale: float | None = None,
       position: nnx.Module | None = None,
       rngs: nnx.Rngs,
   ):
@@ -104,6 +107,7 @@ class MultiHeadAttention(nnx.Module):
     self.dropout_rate = dropout_rate
     self.deterministic = deterministic
     self.implementation = implementation
+    self.scale = None if scale is None else float(scale)
     self.position = position
 
     def projection(features_in, heads):
@@ -216,7 +220,8 @@ class MultiHeadAttention(nnx.Module):
     heads, weights = _positional_terms.attend(
         terms, value, bias, mask, query_positions=query_positions,
         key_positions=key_positions, return_weights=need_weights,
-        implementation=self.implementation, is_causal=is_causal,
+        implementation=self.implementation, scale=self.scale,
+        is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
@@ -262,7 +267,8 @@ class MultiHeadAttention(nnx.Module):
     heads, weights, cache = _cached.attend_with_cache(
         self, inputs_q, cache, mask=mask, bias=bias,
         local_window_size=local_window_size, return_weights=need_weights,
-        implementation=self.implementation, dropout_rate=self.dropout_rate,
+        implementation=self.implementation, scale=self.scale,
+        dropout_rate=self.dropout_rate,
         dropout_rng=dropout_rng, deterministic=deterministic)
     if sow_weights:
       self.sow(nnx.Intermediate, "attention_weights", weights)

@@ -37,6 +37,7 @@ class MultiHeadAttention(nn.Module):
     dtype: computation dtype of the projections.
     param_dtype: parameter dtype.
     implementation: passed to `dot_product_attention`.
+    scale: logit multiplier; None means `1 / sqrt(H)`.
     position: a Linen positional module from
       `attention_jax.nn.linen_positional`, or None; its parameters live
       under `position`. See `attention_jax.nn.MultiHeadAttention`.
@@ -54,6 +55,7 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
   implementation: str | None = None
+  scale: float | None = None
   position: nn.Module | None = None
 
   @nn.compact
@@ -117,7 +119,8 @@ class MultiHeadAttention(nn.Module):
     heads, weights = _positional_terms.attend(
         terms, value, bias, mask, query_positions=query_positions,
         key_positions=key_positions, return_weights=need_weights,
-        implementation=self.implementation, is_causal=is_causal,
+        implementation=self.implementation, scale=self.scale,
+        is_causal=is_causal,
         query_seq_lengths=query_seq_lengths,
         key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size,
