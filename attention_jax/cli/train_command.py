@@ -9,6 +9,7 @@ import os
 from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.cli.logs import configure_logging
 from attention_jax.training.config import TrainConfig
+from attention_jax.training.mechanisms import MECHANISM_CHOICES
 from attention_jax.training.model import ATTENTION_CHOICES
 from attention_jax.training.run import train
 from attention_jax.training.tokenizers import TOKENIZER_CHOICES
@@ -50,6 +51,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--attention", choices=ATTENTION_CHOICES, default=_DEFAULTS.attention,
                        help="multi-head attention module: attention_jax.nn or flax.nnx")
+    model.add_argument("--mechanism", choices=MECHANISM_CHOICES, default=_DEFAULTS.mechanism,
+                       help="attention mechanism of every block (see `attention-jax compare`); "
+                       "shaw, t5, alibi and rope replace the learned absolute positions")
+    model.add_argument("--num-kv-heads", type=int, default=None,
+                       help="key/value heads of --mechanism gqa; must divide --num-heads "
+                       "(default: half the heads)")
     model.add_argument("--width", type=int, default=_DEFAULTS.width, help="model width (embedding size)")
     model.add_argument("--num-layers", type=int, default=_DEFAULTS.num_layers, help="number of transformer blocks")
     model.add_argument("--num-heads", type=int, default=_DEFAULTS.num_heads,

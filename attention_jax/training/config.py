@@ -28,6 +28,8 @@ class TrainConfig:
 
     # Model shape; `seq_len` is also the model's maximum length.
     attention: str = "attention_jax"
+    mechanism: str = "scaled"
+    num_kv_heads: int | None = None
     width: int = 192
     num_layers: int = 4
     num_heads: int = 6
@@ -71,6 +73,8 @@ class TrainConfig:
             mlp_ratio=self.mlp_ratio,
             dropout_rate=self.dropout_rate,
             attention=self.attention,
+            mechanism=self.mechanism,
+            num_kv_heads=self.num_kv_heads,
         )
 
     def validate(self) -> None:

@@ -4,11 +4,14 @@ The prompt fills the caches in one pass; each new token then costs one
 step over a single position. The model's learned positions end at
 `max_len`, so when the caches are full the last half of the context is
 encoded again into fresh caches and generation continues from there.
+Models whose mechanism keeps no cache (basic and additive attention)
+recompute the context for every token instead.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +19,9 @@ import numpy as np
 from flax import nnx
 
 from attention_jax.training.model import TransformerLM
+from attention_jax.training.sampling import sample_tokens, top_k_logits
 
-
-def top_k_logits(logits: jax.Array, top_k: int | None) -> jax.Array:
-    """Keep the `top_k` largest logits of the last axis and set the rest to -inf."""
-    if top_k is None or top_k >= logits.shape[-1]:
-        return logits
-    threshold = jax.lax.top_k(logits, top_k)[0][..., -1:]
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+logger = logging.getLogger(__name__)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "top_k"))
@@ -56,7 +54,8 @@ def generate(
     """Return `num_tokens` ids sampled after the 1-D `prompt`.
 
     Args:
-      model: a trained model built with `attention="attention_jax"`.
+      model: a trained model; one without cache support (see
+        `ModelConfig.supports_cache`) samples by recomputing the context.
       prompt: token ids, at least one.
       num_tokens: how many tokens to sample.
       temperature: softmax temperature (positive).
@@ -70,6 +69,10 @@ def generate(
         raise ValueError(f"`temperature` should be positive, but got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"`top_k` should be a positive integer or None, but got {top_k}")
+    if not model.config.supports_cache:
+        logger.info("Mechanism %r keeps no key/value cache: recomputing the context for each token",
+                    model.config.mechanism)
+        return sample_tokens(model, prompt, num_tokens=num_tokens, temperature=temperature, seed=seed, top_k=top_k)
     max_len = model.config.max_len
     graphdef, state = nnx.split(model)
     keys = jax.random.split(jax.random.key(seed), max(num_tokens, 1))

@@ -86,13 +86,16 @@ class TrainState:
     step: int
 
 
-def _loss(params, windows, dropout_key, *, graphdef, use_dropout):
+def _loss(params, windows, dropout_key, target_weights, *, graphdef, use_dropout):
     model = nnx.merge(graphdef, params)
     if use_dropout:
         logits = model(windows[:, :-1], deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
     else:
         logits = model(windows[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:])
+    if target_weights is None:
+        return losses.mean()
+    return jnp.sum(losses * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
 
 
 # The steps are module-level functions with the graph and settings as static
@@ -103,10 +106,17 @@ def _loss(params, windows, dropout_key, *, graphdef, use_dropout):
     static_argnames=("graphdef", "optimizer_config", "use_dropout"),
     donate_argnames=("params", "opt_state"),
 )
-def train_step(params, opt_state, windows, dropout_key, *, graphdef, optimizer_config, use_dropout):
-    """Take one optimizer step on windows [B, T + 1]; return new params, opt_state and the loss in nats."""
+def train_step(
+    params, opt_state, windows, dropout_key, target_weights=None, *, graphdef, optimizer_config, use_dropout
+):
+    """Take one optimizer step on windows [B, T + 1]; return new params, opt_state and the loss in nats.
+
+    The loss is the mean cross-entropy of the next tokens `windows[:, 1:]`,
+    or their weighted mean with `target_weights` [B, T] (for example 0 on
+    tokens that are not answers).
+    """
     loss, grads = jax.value_and_grad(_loss)(
-        params, windows, dropout_key, graphdef=graphdef, use_dropout=use_dropout
+        params, windows, dropout_key, target_weights, graphdef=graphdef, use_dropout=use_dropout
     )
     updates, opt_state = make_optimizer(optimizer_config).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -133,12 +143,13 @@ class Steps:
     def init_optimizer(self, params):
         return make_optimizer(self.optimizer_config).init(params)
 
-    def train_step(self, params, opt_state, windows, dropout_key):
+    def train_step(self, params, opt_state, windows, dropout_key, target_weights=None):
         return train_step(
             params,
             opt_state,
             windows,
             dropout_key,
+            target_weights,
             graphdef=self.graphdef,
             optimizer_config=self.optimizer_config,
             use_dropout=self.use_dropout,

@@ -3,8 +3,10 @@
 The model is a decoder-only transformer: token embedding plus a learned
 positional embedding, pre-LayerNorm blocks of multi-head causal
 self-attention and a GELU MLP, a final LayerNorm and an output head. The
-attention layer is either `attention_jax.nn.MultiHeadAttention` or
-`flax.nnx.MultiHeadAttention`, chosen by `ModelConfig.attention`.
+attention layer is one of the library's mechanisms (`ModelConfig.mechanism`,
+see `attention_jax.training.mechanisms`) or, for comparison,
+`flax.nnx.MultiHeadAttention` (`ModelConfig.attention="flax"`). Models whose
+mechanism encodes relative positions have no absolute position embedding.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attention_jax.training import mechanisms
 from attention_jax.training.errors import UserInputError
 
 ATTENTION_CHOICES = ("attention_jax", "flax")
@@ -38,6 +41,9 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout_rate: float = 0.0
     attention: str = "attention_jax"
+    mechanism: str = "scaled"
+    # Key/value heads of the "gqa" mechanism; None picks half the query heads.
+    num_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "width", "num_layers", "num_heads", "mlp_ratio"):
@@ -54,6 +60,29 @@ class ModelConfig:
         if self.attention not in ATTENTION_CHOICES:
             raise UserInputError(
                 f"attention must be one of {', '.join(ATTENTION_CHOICES)}, but got {self.attention!r}"
+            )
+        mechanisms.check_mechanism(self.mechanism, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads)
+        if self.attention == "flax" and self.mechanism != "scaled":
+            raise UserInputError(
+                f"attention='flax' runs scaled dot-product attention only, but mechanism is {self.mechanism!r}; "
+                "use attention='attention_jax' for other mechanisms"
+            )
+
+    @property
+    def uses_absolute_positions(self) -> bool:
+        return self.attention == "flax" or mechanisms.MECHANISMS[self.mechanism].absolute_positions
+
+    @property
+    def supports_cache(self) -> bool:
+        """Whether `TransformerLM.decode` can run: the mechanism keeps a key/value cache."""
+        return self.attention == "attention_jax" and mechanisms.MECHANISMS[self.mechanism].supports_cache
+
+    def require_cache(self) -> None:
+        """Raise UserInputError unless `supports_cache`."""
+        if not self.supports_cache:
+            raise UserInputError(
+                "decoding with a cache needs attention='attention_jax' and a dot-product mechanism; this model "
+                f"uses attention={self.attention!r}, mechanism={self.mechanism!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,19 +123,12 @@ def _make_attention(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
             rngs=rngs,
         )
 
-    try:
-        from attention_jax.nn import MultiHeadAttention
-    except ImportError as error:
-        raise UserInputError(
-            f"attention='attention_jax' needs attention_jax.nn.MultiHeadAttention, "
-            f"which failed to import ({error}); use attention='flax' instead"
-        ) from error
-    return MultiHeadAttention(
-        config.num_heads,
-        config.width,
-        qkv_features=config.width,
-        out_features=config.width,
-        dropout_rate=0.0,
+    return mechanisms.make_attention(
+        config.mechanism,
+        width=config.width,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        max_len=config.max_len,
         rngs=rngs,
     )
 
@@ -116,7 +138,9 @@ class Block(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         hidden = config.mlp_ratio * config.width
+        self.config = config
         self.attention_kind = config.attention
+        self.mechanism = config.mechanism
         self.attention_norm = nnx.LayerNorm(config.width, rngs=rngs)
         self.attention = _make_attention(config, rngs)
         self.mlp_norm = nnx.LayerNorm(config.width, rngs=rngs)
@@ -127,6 +151,8 @@ class Block(nnx.Module):
 
     def attend(self, x: jax.Array, *, return_weights: bool = False):
         """Apply causal self-attention to `x` [B, T, D]; with `return_weights`, also return [B, N, T, T] weights."""
+        if self.mechanism in ("basic", "additive"):
+            return self.attention(x, return_weights=return_weights)
         if self.attention_kind == "attention_jax":
             return self.attention(x, is_causal=True, return_weights=return_weights)
 
@@ -142,11 +168,7 @@ class Block(nnx.Module):
 
     def decode(self, x: jax.Array, cache):
         """Apply the block to new tokens `x` [B, T, D] with a key/value cache; return `(x, cache)`."""
-        if self.attention_kind != "attention_jax":
-            raise UserInputError(
-                "decoding with a cache needs attention='attention_jax'; this model uses "
-                f"attention={self.attention_kind!r}"
-            )
+        self.config.require_cache()
         attended, cache = self.attention(self.attention_norm(x), cache=cache)
         x = x + attended
         hidden = jax.nn.gelu(self.mlp_in(self.mlp_norm(x)))
@@ -181,8 +203,10 @@ class TransformerLM(nnx.Module):
         self.token_embedding = nnx.Embed(
             config.vocab_size, config.width, embedding_init=_EMBEDDING_INIT, rngs=rngs
         )
-        self.position_embedding = nnx.Embed(
-            config.max_len, config.width, embedding_init=_EMBEDDING_INIT, rngs=rngs
+        self.position_embedding = nnx.data(
+            nnx.Embed(config.max_len, config.width, embedding_init=_EMBEDDING_INIT, rngs=rngs)
+            if config.uses_absolute_positions
+            else None
         )
         self.embedding_dropout = nnx.Dropout(config.dropout_rate)
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
@@ -196,7 +220,12 @@ class TransformerLM(nnx.Module):
                 f"`tokens` should have at most max_len={self.config.max_len} positions, "
                 f"but got shape {tokens.shape}"
             )
-        return self.token_embedding(tokens) + self.position_embedding(jnp.arange(length))
+        return self._with_positions(self.token_embedding(tokens), jnp.arange(length))
+
+    def _with_positions(self, embedded: jax.Array, positions: jax.Array) -> jax.Array:
+        if self.position_embedding is None:
+            return embedded
+        return embedded + self.position_embedding(positions)
 
     def __call__(
         self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
@@ -212,6 +241,7 @@ class TransformerLM(nnx.Module):
 
     def init_caches(self, batch_size: int) -> list:
         """Return one empty key/value cache per layer, each holding up to `max_len` tokens."""
+        self.config.require_cache()
         return [
             block.attention.init_cache((batch_size,), self.config.max_len) for block in self.blocks
         ]
@@ -223,7 +253,7 @@ class TransformerLM(nnx.Module):
         are the cache length plus 0..T-1.
         """
         positions = caches[0].length[:, None] + jnp.arange(tokens.shape[-1])
-        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        x = self._with_positions(self.token_embedding(tokens), positions)
         updated = []
         for block, cache in zip(self.blocks, caches):
             x, cache = block.decode(x, cache)
