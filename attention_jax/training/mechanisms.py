@@ -2,8 +2,8 @@
 
 Each mechanism builds one attention layer for causal self-attention on
 `[B, T, D]` inputs. The dot-product family (unscaled, scaled, grouped-query
-and the relative-position variants) uses `attention_jax.nn.MultiHeadAttention`;
-basic feed-forward and additive attention have one head each, between a
+and the relative-position variants) uses `attention_jax.nn.MultiHeadAttention`.
+Basic feed-forward and additive attention have one head each, between a
 value projection and an output projection. The relative-position
 mechanisms carry position themselves, so a model that uses them has no
 learned absolute position embedding.
@@ -22,7 +22,7 @@ from attention_jax.training.errors import UserInputError
 
 @dataclasses.dataclass(frozen=True)
 class Mechanism:
-    """What a mechanism name means for the model."""
+    """The model-level properties of one named mechanism."""
 
     description: str
     # Whether the model adds learned absolute position embeddings.
