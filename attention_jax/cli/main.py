@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from attention_jax.analysis import inspect_command
+from attention_jax.cli import compare_command
 from attention_jax.cli import generate_command
 from attention_jax.cli import train_command
 from attention_jax.training.errors import UserInputError
@@ -29,6 +31,7 @@ def build_parser() -> ArgumentParser:
     train_command.add_parser(subparsers)
     generate_command.add_parser(subparsers)
     inspect_command.add_parser(subparsers)
+    compare_command.add_parser(subparsers)
     return parser
 
 
@@ -41,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing data path or an empty corpus. Ctrl-C exits with 130.
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    # Commands that record how they were run read the arguments back.
+    args.argv = argv
     command_prog = f"{PROG} {args.command}"
     try:
         return args.run(args)

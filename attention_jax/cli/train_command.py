@@ -115,7 +115,7 @@ def _format_duration(seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train with the parsed options, then print the sample, the headline numbers and the output paths."""
     configure_logging(logging.WARNING if args.quiet else logging.INFO)
-    options = {name: value for name, value in vars(args).items() if name not in ("command", "run", "quiet")}
+    options = {name: value for name, value in vars(args).items() if name not in ("command", "run", "quiet", "argv")}
     config = TrainConfig(**options)
     result = train(config, progress=not args.quiet)
 

@@ -17,7 +17,8 @@ _VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 MAX_LABELED_TOKENS = 64
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
+    """Return a `matplotlib.figure.Figure` built with `kwargs`, with a clear error when matplotlib is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
@@ -41,7 +42,7 @@ def plot_losses(
     unit: str,
 ) -> None:
     """Save train and validation loss curves, in bits per `unit`, with the unigram baseline as a line."""
-    figure = _figure(figsize=(7, 4.5), layout="constrained")
+    figure = new_figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.add_subplot()
     if train:
         steps, values = zip(*train)
@@ -75,7 +76,7 @@ def plot_attention_layer(
     num_heads, length, _ = weights.shape
     columns = min(num_heads, 3 if num_heads in (5, 6, 9) else 4)
     rows = math.ceil(num_heads / columns)
-    figure = _figure(figsize=(4.2 * columns, 4.2 * rows + 0.4), layout="constrained")
+    figure = new_figure(figsize=(4.2 * columns, 4.2 * rows + 0.4), layout="constrained")
     figure.suptitle(f"Attention weights of layer {layer} (rows: queries, columns: keys)")
     labels = [visible_token_label(label) for label in token_labels]
     show_labels = length <= MAX_LABELED_TOKENS
