@@ -27,8 +27,11 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 demo: $(STAMP_DEMO)
 	$(VENV)/bin/attention-jax train --output runs/demo
 
+# tests/multidevice needs eight host devices, so it runs in its own session:
+# XLA_FLAGS must be set before JAX starts its CPU backend.
 test: $(STAMP_TEST)
 	$(PY) -m pytest -q
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/multidevice
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
