@@ -83,6 +83,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     optimization.add_argument("--seed", type=int, default=_DEFAULTS.seed,
                               help="seed of the initialization, batches, dropout and sampling")
 
+    devices = parser.add_argument_group("devices")
+    devices.add_argument("--data-parallel", type=int, default=_DEFAULTS.data_parallel,
+                         help="devices that split each batch; must divide --batch-size")
+    devices.add_argument("--sequence-parallel", type=int, default=_DEFAULTS.sequence_parallel,
+                         help="devices that split each window with ring attention (mechanisms dot, scaled, gqa); "
+                         "2 x this must divide --seq-len. On a CPU, set "
+                         "XLA_FLAGS=--xla_force_host_platform_device_count=N to get N devices")
+
     outputs = parser.add_argument_group("evaluation and outputs")
     outputs.add_argument("--output", default=_DEFAULTS.output, help="folder for metrics, plots, samples and checkpoints")
     outputs.add_argument("--eval-every", type=int, default=_DEFAULTS.eval_every, help="steps between validation runs")

@@ -47,6 +47,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
 
+    # Devices: the batch is split over data_parallel devices and each window over sequence_parallel devices.
+    data_parallel: int = 1
+    sequence_parallel: int = 1
+
     # Evaluation, checkpoints and outputs.
     output: str = "runs/train"
     eval_every: int = 80
@@ -81,7 +85,7 @@ class TrainConfig:
         """Raise UserInputError naming the first invalid option."""
         positive = (
             "width", "num_layers", "num_heads", "mlp_ratio", "seq_len", "batch_size", "steps",
-            "eval_every", "eval_windows", "log_every", "checkpoint_every",
+            "eval_every", "eval_windows", "log_every", "checkpoint_every", "data_parallel", "sequence_parallel",
         )
         for name in positive:
             value = getattr(self, name)

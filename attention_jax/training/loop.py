@@ -25,6 +25,7 @@ from flax import nnx
 from attention_jax.training.batches import training_batch
 from attention_jax.training.config import TrainConfig
 from attention_jax.training.metrics import nats_to_bits
+from attention_jax.training.parallel import ParallelPlan
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,30 @@ class TrainState:
     step: int
 
 
-def _loss(params, windows, dropout_key, target_weights, *, graphdef, use_dropout):
-    model = nnx.merge(graphdef, params)
-    if use_dropout:
-        logits = model(windows[:, :-1], deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
+def _logits_and_targets(model, windows, target_weights, plan, **options):
+    """Return next-token logits, targets and target weights for windows [B, T + 1].
+
+    With sequence parallelism all three come back in the zigzag order of
+    the sequence axis, which leaves sums over tokens unchanged.
+    """
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    if plan is None:
+        return model(inputs, **options), targets, target_weights
+    if target_weights is None:
+        inputs, targets, positions = plan.reorder(inputs, targets)
     else:
-        logits = model(windows[:, :-1])
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:])
+        inputs, targets, target_weights, positions = plan.reorder(inputs, targets, target_weights)
+    ring = plan.ring_options() if plan.uses_ring else None
+    return model(inputs, positions=positions, ring=ring, **options), targets, target_weights
+
+
+def _loss(params, windows, dropout_key, target_weights, *, graphdef, use_dropout, plan=None):
+    model = nnx.merge(graphdef, params)
+    options = {}
+    if use_dropout:
+        options = dict(deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
+    logits, targets, target_weights = _logits_and_targets(model, windows, target_weights, plan, **options)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     if target_weights is None:
         return losses.mean()
     return jnp.sum(losses * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
@@ -103,31 +121,33 @@ def _loss(params, windows, dropout_key, target_weights, *, graphdef, use_dropout
 # Donating the parameters and optimizer state lets XLA update them in place.
 @functools.partial(
     jax.jit,
-    static_argnames=("graphdef", "optimizer_config", "use_dropout"),
+    static_argnames=("graphdef", "optimizer_config", "use_dropout", "plan"),
     donate_argnames=("params", "opt_state"),
 )
 def train_step(
-    params, opt_state, windows, dropout_key, target_weights=None, *, graphdef, optimizer_config, use_dropout
+    params, opt_state, windows, dropout_key, target_weights=None, *, graphdef, optimizer_config, use_dropout,
+    plan=None,
 ):
     """Take one optimizer step on windows [B, T + 1]; return new params, opt_state and the loss in nats.
 
     The loss is the mean cross-entropy of the next tokens `windows[:, 1:]`,
     or their weighted mean with `target_weights` [B, T] (for example 0 on
-    tokens that are not answers).
+    tokens that are not answers). With a `ParallelPlan`, the batch and
+    the windows are split over its mesh.
     """
     loss, grads = jax.value_and_grad(_loss)(
-        params, windows, dropout_key, target_weights, graphdef=graphdef, use_dropout=use_dropout
+        params, windows, dropout_key, target_weights, graphdef=graphdef, use_dropout=use_dropout, plan=plan
     )
     updates, opt_state = make_optimizer(optimizer_config).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def eval_step(params, windows, row_weights, *, graphdef):
+@functools.partial(jax.jit, static_argnames=("graphdef", "plan"))
+def eval_step(params, windows, row_weights, *, graphdef, plan=None):
     """Return the weighted sum of per-token losses in nats and the weighted token count."""
     model = nnx.merge(graphdef, params)
-    logits = model(windows[:, :-1])
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:])
+    logits, targets, _ = _logits_and_targets(model, windows, None, plan)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     weights = jnp.broadcast_to(row_weights[:, None], losses.shape)
     return jnp.sum(losses * weights), jnp.sum(weights)
 
@@ -135,24 +155,37 @@ def eval_step(params, windows, row_weights, *, graphdef):
 class Steps:
     """The train and evaluation steps bound to one model graph and optimizer."""
 
-    def __init__(self, graphdef: nnx.GraphDef, optimizer_config: OptimizerConfig, *, dropout_rate: float):
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        optimizer_config: OptimizerConfig,
+        *,
+        dropout_rate: float,
+        plan: ParallelPlan | None = None,
+    ):
         self.graphdef = graphdef
         self.optimizer_config = optimizer_config
         self.use_dropout = dropout_rate > 0
+        self.plan = plan
+
+    def _place_batch(self, windows):
+        return windows if self.plan is None else self.plan.shard_batch(windows)
 
     def init_optimizer(self, params):
-        return make_optimizer(self.optimizer_config).init(params)
+        opt_state = make_optimizer(self.optimizer_config).init(params)
+        return opt_state if self.plan is None else self.plan.replicate(opt_state)
 
     def train_step(self, params, opt_state, windows, dropout_key, target_weights=None):
         return train_step(
             params,
             opt_state,
-            windows,
+            self._place_batch(windows),
             dropout_key,
             target_weights,
             graphdef=self.graphdef,
             optimizer_config=self.optimizer_config,
             use_dropout=self.use_dropout,
+            plan=self.plan,
         )
 
     def evaluate(self, params, batches: np.ndarray, row_weights: np.ndarray) -> float:
@@ -160,7 +193,9 @@ class Steps:
         total = 0.0
         count = 0.0
         for windows, weights in zip(batches, row_weights):
-            batch_total, batch_count = eval_step(params, windows, weights, graphdef=self.graphdef)
+            batch_total, batch_count = eval_step(
+                params, self._place_batch(windows), weights, graphdef=self.graphdef, plan=self.plan
+            )
             total += float(batch_total)
             count += float(batch_count)
         return total / count

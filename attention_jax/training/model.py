@@ -149,8 +149,21 @@ class Block(nnx.Module):
         # Dropout keeps no random state: callers pass `rngs` when training with dropout.
         self.dropout = nnx.Dropout(config.dropout_rate)
 
-    def attend(self, x: jax.Array, *, return_weights: bool = False):
-        """Apply causal self-attention to `x` [B, T, D]; with `return_weights`, also return [B, N, T, T] weights."""
+    def attend(self, x: jax.Array, *, return_weights: bool = False, ring: dict | None = None):
+        """Apply causal self-attention to `x` [B, T, D]; with `return_weights`, also return [B, N, T, T] weights.
+
+        `ring` holds the keyword arguments of
+        `attention_jax.distributed.ring_attention` when the sequence is
+        split over devices; `x` is then in the ring's layout.
+        """
+        if ring is not None:
+            from attention_jax.distributed import ring_attention
+
+            layer = self.attention
+            heads = ring_attention(
+                layer.query(x), layer.key(x), layer.value(x), is_causal=True, scale=layer.scale, **ring
+            )
+            return layer.out(heads)
         if self.mechanism in ("basic", "additive"):
             return self.attention(x, return_weights=return_weights)
         if self.attention_kind == "attention_jax":
@@ -181,8 +194,9 @@ class Block(nnx.Module):
         deterministic: bool = True,
         rngs: nnx.Rngs | None = None,
         return_weights: bool = False,
+        ring: dict | None = None,
     ):
-        attended = self.attend(self.attention_norm(x), return_weights=return_weights)
+        attended = self.attend(self.attention_norm(x), return_weights=return_weights, ring=ring)
         weights = None
         if return_weights:
             attended, weights = attended
@@ -213,14 +227,15 @@ class TransformerLM(nnx.Module):
         self.final_norm = nnx.LayerNorm(config.width, rngs=rngs)
         self.head = nnx.Linear(config.width, config.vocab_size, rngs=rngs)
 
-    def _embed(self, tokens: jax.Array) -> jax.Array:
+    def _embed(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
         length = tokens.shape[-1]
         if length > self.config.max_len:
             raise ValueError(
                 f"`tokens` should have at most max_len={self.config.max_len} positions, "
                 f"but got shape {tokens.shape}"
             )
-        return self._with_positions(self.token_embedding(tokens), jnp.arange(length))
+        positions = jnp.arange(length) if positions is None else positions
+        return self._with_positions(self.token_embedding(tokens), positions)
 
     def _with_positions(self, embedded: jax.Array, positions: jax.Array) -> jax.Array:
         if self.position_embedding is None:
@@ -228,15 +243,25 @@ class TransformerLM(nnx.Module):
         return embedded + self.position_embedding(positions)
 
     def __call__(
-        self, tokens: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
+        self,
+        tokens: jax.Array,
+        *,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+        positions: jax.Array | None = None,
+        ring: dict | None = None,
     ) -> jax.Array:
         """Return next-token logits [B, T, vocab_size] for `tokens` [B, T].
 
         With `deterministic=False` and a nonzero dropout rate, `rngs` must have a `dropout` stream.
+        `positions` [T] are the tokens' positions (default 0..T-1). `ring`
+        holds the keyword arguments of `attention_jax.distributed.ring_attention`
+        for sequence-parallel attention, with `tokens` and `positions` in
+        the ring's layout.
         """
-        x = self.embedding_dropout(self._embed(tokens), deterministic=deterministic, rngs=rngs)
+        x = self.embedding_dropout(self._embed(tokens, positions), deterministic=deterministic, rngs=rngs)
         for block in self.blocks:
-            x = block(x, deterministic=deterministic, rngs=rngs)
+            x = block(x, deterministic=deterministic, rngs=rngs, ring=ring)
         return self.head(self.final_norm(x))
 
     def init_caches(self, batch_size: int) -> list:

@@ -23,6 +23,7 @@ from attention_jax.training.errors import UserInputError
 from attention_jax.training.loop import OptimizerConfig, Steps, TrainState, train_loop
 from attention_jax.training.metrics import nats_to_bits, unigram_cross_entropy_bits
 from attention_jax.training.model import TransformerLM, count_parameters
+from attention_jax.training.parallel import make_plan
 from attention_jax.training.sampling import sample_tokens
 from attention_jax.training.tokenizers import Tokenizer, build_tokenizer
 
@@ -143,7 +144,18 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     model = TransformerLM(model_config, rngs=nnx.Rngs(params=config.seed))
     logger.info("Model: %d parameters, %s attention", count_parameters(model), model_config.attention)
     graphdef, params = nnx.split(model, nnx.Param)
-    steps = Steps(graphdef, OptimizerConfig.from_train_config(config), dropout_rate=config.dropout_rate)
+    plan = make_plan(
+        config.data_parallel,
+        config.sequence_parallel,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        mechanism=config.mechanism,
+        attention=config.attention,
+    )
+    if plan is not None:
+        logger.info("Devices: batch over %d, each window over %d (ring attention)", plan.data, plan.sequence)
+        params = plan.replicate(params)
+    steps = Steps(graphdef, OptimizerConfig.from_train_config(config), dropout_rate=config.dropout_rate, plan=plan)
     state = TrainState(params=params, opt_state=steps.init_optimizer(params), step=0)
     history: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
 
@@ -181,7 +193,8 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     finally:
         checkpoints.close()
 
-    model = nnx.merge(graphdef, state.params)
+    # The outputs below run on one device.
+    model = nnx.merge(graphdef, jax.device_put(state.params, jax.devices()[0]))
     files, prompt, sample = _write_outputs(
         config,
         model=model,
