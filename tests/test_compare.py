@@ -16,28 +16,30 @@ from attention_jax.training.errors import UserInputError
 
 
 def _answers(tokens, task):
-  """Look each query key up in the pairs by hand; return the expected values."""
+  """Look each query key up in the pairs by hand; return the expected answer tokens."""
   expected = []
   for row in tokens:
-    pairs = {row[2 * i]: row[2 * i + 1] for i in range(task.num_pairs)}
-    start = 2 * task.num_pairs + 1
-    expected.append([pairs[row[start + 2 * q]]
+    pairs = {int(token) // 10: int(token) % 10 for token in row[:task.num_pairs]}
+    start = task.num_pairs + 1
+    expected.append([220 + pairs[int(row[start + 2 * q]) - 200]
                      for q in range(task.num_queries)])
   return np.asarray(expected)
 
 
 def test_recall_examples_answer_their_queries():
-  task = recall.RecallTask(num_pairs=7, num_queries=5, window=31)
+  task = recall.RecallTask(num_pairs=7, num_queries=9, window=29)
   tokens, weights = task.batch(np.random.default_rng(0), 6)
-  assert tokens.shape == (6, 31) and weights.shape == (6, 30)
-  start = 2 * task.num_pairs + 1
+  assert tokens.shape == (6, 29)
+  assert weights.shape == (6, 28)
+  start = task.num_pairs + 1
   np.testing.assert_array_equal(tokens[:, start - 1], recall.SEPARATOR)
   np.testing.assert_array_equal(tokens[:, task.example_length:], recall.PAD)
   for row in tokens:
-    keys = row[:2 * task.num_pairs:2]
-    assert len(set(keys)) == task.num_pairs
-    assert set(keys) <= set(recall.KEYS.tolist())
-    assert set(row[1:2 * task.num_pairs:2]) <= set(recall.VALUES.tolist())
+    keys = row[:task.num_pairs] // 10
+    assert len(set(keys.tolist())) == task.num_pairs
+    assert np.all(row[:task.num_pairs] < 200)
+    queries = row[start:task.example_length:2]
+    assert np.all((queries >= 200) & (queries < 220))
   answers = tokens[:, start + 1:task.example_length:2]
   np.testing.assert_array_equal(answers, _answers(tokens, task))
   # The weights mark exactly the predictions of the answers.
@@ -47,8 +49,15 @@ def test_recall_examples_answer_their_queries():
   assert weights.sum() == 6 * task.num_queries
 
 
+def test_recall_describe_spells_an_example():
+  task = recall.RecallTask.unpadded(num_pairs=2, num_queries=1)
+  tokens = np.array([27, 104, recall.SEPARATOR, 210, 224])
+  assert task.example_length == len(tokens)
+  assert recall.describe(tokens) == "c7 k4 | k? 4"
+
+
 def test_recall_batches_are_reproducible_and_vary():
-  task = recall.RecallTask(num_pairs=4, num_queries=4, window=20)
+  task = recall.RecallTask.unpadded(num_pairs=4, num_queries=4)
   first, _ = task.batch(np.random.default_rng(3), 8)
   again, _ = task.batch(np.random.default_rng(3), 8)
   other, _ = task.batch(np.random.default_rng(4), 8)
@@ -57,7 +66,7 @@ def test_recall_batches_are_reproducible_and_vary():
 
 
 def test_accuracy_counts_only_answers():
-  task = recall.RecallTask(num_pairs=5, num_queries=3, window=24)
+  task = recall.RecallTask.unpadded(num_pairs=5, num_queries=3)
   tokens, weights = task.batch(np.random.default_rng(1), 4)
   perfect = tokens[:, 1:].copy()
   assert recall.accuracy(perfect, tokens, weights) == 1.0
@@ -73,9 +82,9 @@ def test_accuracy_counts_only_answers():
 
 @pytest.mark.parametrize("options, message", [
     (dict(num_pairs=0, num_queries=1, window=10), "num_pairs"),
-    (dict(num_pairs=27, num_queries=1, window=80), "num_pairs"),
-    (dict(num_pairs=3, num_queries=4, window=20), "num_queries"),
-    (dict(num_pairs=5, num_queries=5, window=20), "more than `window`=20"),
+    (dict(num_pairs=21, num_queries=1, window=80), "num_pairs"),
+    (dict(num_pairs=3, num_queries=0, window=20), "num_queries"),
+    (dict(num_pairs=5, num_queries=8, window=20), "more than `window`=20"),
 ])
 def test_recall_task_errors(options, message):
   with pytest.raises(ValueError, match=message):
@@ -89,8 +98,8 @@ def test_recall_task_errors(options, message):
     (dict(text_steps=0), "text_steps must be a positive integer"),
     (dict(warmup_steps=600), "warmup_steps=600"),
     (dict(width=30, num_heads=4), "num_heads=4 must divide width=30"),
-    (dict(recall_pairs=20, recall_queries=20, seq_len=64), "raise --seq-len"),
-    (dict(recall_pairs=4, recall_queries=5), "must not exceed recall_pairs"),
+    (dict(recall_pairs=20, recall_queries=30, seq_len=64), "raise --seq-len"),
+    (dict(recall_pairs=21, recall_queries=5, seq_len=128), "at most 20"),
 ])
 def test_compare_config_errors(options, message):
   with pytest.raises(UserInputError, match=message):

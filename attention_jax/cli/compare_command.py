@@ -27,8 +27,8 @@ as Markdown and JSON, and plots of the curves.
 _NUMERIC_OPTIONS = (
     ("text_steps", int, "training steps on the text task"),
     ("recall_steps", int, "training steps on the recall task"),
-    ("recall_pairs", int, "key/value pairs per recall example (at most 26)"),
-    ("recall_queries", int, "queries per recall example (at most --recall-pairs)"),
+    ("recall_pairs", int, "key/value pairs per recall example (at most 20)"),
+    ("recall_queries", int, "queries per recall example, keys drawn with replacement"),
     ("recall_eval_examples", int, "held-out recall examples for the accuracy"),
     ("eval_windows", int, "held-out text windows for the validation loss"),
     ("max_data_mb", float, "stop reading the corpus after this many MiB"),

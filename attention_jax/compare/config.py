@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from attention_jax.compare.recall import NUM_KEYS
 from attention_jax.training.errors import UserInputError
 from attention_jax.training.mechanisms import MECHANISM_CHOICES
 
@@ -21,10 +22,10 @@ class CompareConfig:
     data: str | None = None
     max_data_mb: float = 16.0
     validation_fraction: float = 0.08
-    text_steps: int = 300
+    text_steps: int = 400
     eval_windows: int = 256
     # Associative-recall task.
-    recall_steps: int = 600
+    recall_steps: int = 300
     recall_pairs: int = 16
     recall_queries: int = 16
     recall_eval_examples: int = 512
@@ -44,7 +45,7 @@ class CompareConfig:
         """Return a preset that runs all nine mechanisms in a few minutes on 2 CPU cores."""
         preset = dict(
             max_data_mb=4.0,
-            text_steps=60,
+            text_steps=80,
             eval_windows=64,
             recall_steps=150,
             recall_pairs=8,
@@ -100,11 +101,10 @@ class CompareConfig:
             raise UserInputError(f"max_data_mb must be positive, but got {self.max_data_mb}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise UserInputError(f"validation_fraction must be between 0 and 1, but got {self.validation_fraction}")
-        example_length = 2 * self.recall_pairs + 1 + 2 * self.recall_queries
-        if self.recall_queries > self.recall_pairs or self.recall_pairs > 26:
+        example_length = self.recall_pairs + 1 + 2 * self.recall_queries
+        if self.recall_pairs > NUM_KEYS:
             raise UserInputError(
-                "recall_queries must not exceed recall_pairs, which must not exceed 26 keys, but got "
-                f"{self.recall_queries} queries and {self.recall_pairs} pairs"
+                f"recall_pairs must be at most {NUM_KEYS}, the number of distinct keys, but got {self.recall_pairs}"
             )
         if example_length > self.seq_len + 1:
             raise UserInputError(

@@ -65,16 +65,18 @@ def markdown_table(
         return f"**{text}**" if is_best and len(results) > 1 else text
 
     lines = [
-        "| mechanism | parameters | validation bits/char | recall accuracy | text step (ms) "
-        "| recall step (ms) | step memory (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mechanism | parameters | validation bits/char | recall accuracy | steps to 90% recall "
+        "| text step (ms) | recall step (ms) | step memory (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         bits, recall = result.validation_bits_per_char, result.recall_accuracy
+        steps_to_90 = result.recall_steps_to(0.9)
         lines.append(
             f"| {result.mechanism} | {result.parameters:,} "
             f"| {mark(f'{bits:.3f}', bits == best_bits)} "
             f"| {mark(f'{recall:.3f}', recall == best_recall)} "
+            f"| {'not reached' if steps_to_90 is None else steps_to_90} "
             f"| {1000 * result.text.step_seconds:.1f} | {1000 * result.recall.step_seconds:.1f} "
             f"| {result.text.step_memory_bytes / 2**20:.1f} |"
         )
@@ -110,7 +112,9 @@ Produced by `{command}` in {wall_seconds / 60:.1f} minutes on {machine['processo
 - Text: {config.text_steps} steps on {text.source}, in UTF-8 bytes; validation loss on \
 {config.eval_windows} held-out windows after the last step.
 - Recall: {config.recall_steps} steps on {config.recall_pairs} key/value pairs followed by \
-{config.recall_queries} queries; accuracy on {config.recall_eval_examples} held-out examples.
+{config.recall_queries} queries; accuracy on {config.recall_eval_examples} held-out examples, evaluated \
+{runner.EVALUATIONS_PER_RUN} times during training (the first of those steps at 90% or more is \
+"steps to 90% recall").
 - Every model: {settings}. Same initialization seed, batches and steps for every mechanism.
 - Step times are medians of the training steps of one run, compilation excluded; step memory is what XLA \
 plans for one compiled text training step (arguments plus temporaries).
@@ -138,7 +142,7 @@ def run_compare(
     config.validate()
     os.makedirs(config.output, exist_ok=True)
     text = runner.load_text(config)
-    chance = RecallTask(config.recall_pairs, config.recall_queries, config.seq_len + 1).chance_accuracy
+    chance = RecallTask.unpadded(config.recall_pairs, config.recall_queries).chance_accuracy
 
     total_steps = len(config.mechanisms) * (config.text_steps + config.recall_steps)
     results = []

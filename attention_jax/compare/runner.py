@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 BYTE_VOCABULARY = 256
 # Points on each curve: evaluations are spread evenly over the steps.
-EVALUATIONS_PER_RUN = 6
+EVALUATIONS_PER_RUN = 10
 TRAIN_POINTS_PER_RUN = 30
 
 
@@ -73,10 +73,18 @@ class MechanismResult:
     def recall_accuracy(self) -> float:
         return self.recall.eval_curve[-1]["accuracy"]
 
+    def recall_steps_to(self, accuracy: float) -> int | None:
+        """Return the first evaluated step with at least `accuracy` on recall, or None."""
+        for point in self.recall.eval_curve:
+            if point["accuracy"] >= accuracy:
+                return point["step"]
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["validation_bits_per_char"] = self.validation_bits_per_char
         values["recall_accuracy"] = self.recall_accuracy
+        values["recall_steps_to_90"] = self.recall_steps_to(0.9)
         return values
 
 
@@ -219,7 +227,8 @@ def run_mechanism(
         bits = nats_to_bits(steps.evaluate(params, *text.eval_batches))
         return {"bits_per_token": bits, "bits_per_char": bits / text.chars_per_token}
 
-    task = RecallTask(config.recall_pairs, config.recall_queries, window)
+    # Recall windows hold one example and no padding, so they are often shorter than text windows.
+    task = RecallTask.unpadded(config.recall_pairs, config.recall_queries)
     eval_tokens, eval_weights = task.batch(np.random.default_rng((config.seed, 1)), config.recall_eval_examples)
 
     def recall_batch(step: int):
