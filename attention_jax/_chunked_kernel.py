@@ -92,7 +92,13 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
   return out, logsumexp
 
 
-def _backward(plan: Plan, residuals, cotangents):
+def chunked_backward(plan: Plan, residuals, cotangents):
+  """Return the cotangents of `chunked_core`'s inputs.
+
+  `residuals` are the inputs with the output and log-sum-exp that the
+  weights are normalized by; `cotangents` are those of the output and the
+  log-sum-exp.
+  """
   query, key, value, bias, aux, params, out, logsumexp = residuals
   d_out, d_logsumexp = cotangents
   batch_size = query.shape[0]
@@ -187,4 +193,4 @@ def _core_fwd(plan, query, key, value, bias, aux, params):
                             logsumexp)
 
 
-chunked_core.defvjp(_core_fwd, _backward)
+chunked_core.defvjp(_core_fwd, chunked_backward)

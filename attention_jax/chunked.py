@@ -9,6 +9,7 @@ passes a dense `mask` or `bias` of that size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from attention_jax import _checks
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
+from attention_jax._chunked_kernel import chunked_backward
 from attention_jax._chunked_kernel import chunked_core
 
 # Tile sizes chosen by timing T = S = 4096, 8 heads, head dim 64, float32 on
@@ -46,67 +48,49 @@ def _flat(x: ArrayLike | None, batch_shape, trailing: int = 0):
   return x.reshape((-1,) + x.shape[len(batch_shape):])
 
 
-def chunked_attention(
-    query: ArrayLike,
-    key: ArrayLike,
-    value: ArrayLike,
-    bias: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-    *,
-    scale: float | None = None,
-    is_causal: bool = False,
-    query_seq_lengths: ArrayLike | None = None,
-    key_value_seq_lengths: ArrayLike | None = None,
-    local_window_size: int | tuple[int, int] | None = None,
-    return_residual: bool = False,
-    query_offset: ArrayLike | None = None,
-    query_segment_ids: ArrayLike | None = None,
-    key_segment_ids: ArrayLike | None = None,
-    logits_soft_cap: float | None = None,
-    score_mod: Callable | None = None,
-    score_mod_params=None,
-    mask_mod: Callable | None = None,
-    dropout_rate: float = 0.0,
-    dropout_rng: jax.Array | None = None,
-    deterministic: bool = False,
-    block_q: int | None = None,
-    block_k: int | None = None,
-):
-  """Exact attention with an online softmax over `[block_q, block_k]` tiles.
+class _Prepared(NamedTuple):
+  """The arguments of the chunked kernel in its block layout."""
 
-  Returns what `dot_product_attention` returns for the same arguments, with
-  the same conventions, and differentiates through a custom VJP that
-  recomputes each tile instead of storing the `[T, S]` weights.
+  plan: Plan
+  query: jax.Array  # [B, K, G, T_padded, H], pre-scaled when `fold_scale`
+  key: jax.Array  # [B, S, K, H]
+  value: jax.Array  # [B, S, K, H_v]
+  bias: jax.Array | None
+  aux: dict
+  fold_scale: bool
+  scale: float
+  batch: tuple[int, ...]
 
-  Args:
-    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
-    key_value_seq_lengths, local_window_size, return_residual,
-    query_offset, query_segment_ids, key_segment_ids: as in
-      `dot_product_attention`.
-    logits_soft_cap: if set, logits become `cap * tanh(logits / cap)` before
-      the bias and `score_mod` are applied.
-    score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
-      modified logits; its index arguments are broadcastable int32 arrays
-      (`batch` is flat over all leading batch axes). It is evaluated per
-      tile, so a positional bias never becomes a `[T, S]` array. Arrays it
-      closes over are constants: gradients do not flow into them, so pass
-      learned arrays through `score_mod_params`.
-    score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
-      argument; gradients flow into it.
-    mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
-      array, True where attention is allowed, evaluated per tile.
-    dropout_rate, dropout_rng, deterministic: as in
-      `dot_product_attention`; the chunked path drops exactly the weights
-      that the reference path drops for the same key.
-    block_q: queries per tile; None picks 256 with a causal or window mask
-      and 512 otherwise.
-    block_k: keys per tile; None picks the same as `block_q`, or more keys
-      when T is shorter than a query block, keeping the tile area.
 
-  Returns:
-    The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
-    with `return_residual`.
-  """
+def _to_rows(x: jax.Array, prepared: _Prepared, fill) -> jax.Array:
+  """Lay out `[B..., T, N, ...]` as `[B, K, G, T_padded, ...]`, padding T with `fill`."""
+  plan = prepared.plan
+  flat_batch = prepared.query.shape[0]
+  trailing = x.shape[len(prepared.batch) + 2:]
+  x = x.reshape(flat_batch, plan.query_length, plan.num_kv_heads,
+                plan.group_size, *trailing)
+  x = jnp.moveaxis(x, 1, 3)
+  pad = plan.padded_query_length - plan.query_length
+  widths = ((0, 0),) * 3 + ((0, pad),) + ((0, 0),) * len(trailing)
+  return jnp.pad(x, widths, constant_values=fill)
+
+
+def _from_rows(x: jax.Array, prepared: _Prepared) -> jax.Array:
+  """Undo `_to_rows`: `[B, K, G, T_padded, ...]` to `[B..., T, N, ...]`."""
+  plan = prepared.plan
+  x = jnp.moveaxis(x[:, :, :, :plan.query_length], 3, 1)
+  return x.reshape(*prepared.batch, plan.query_length,
+                   plan.num_kv_heads * plan.group_size, *x.shape[4:])
+
+
+def _prepare(
+    query, key, value, bias, mask, *, scale, is_causal, query_seq_lengths,
+    key_value_seq_lengths, local_window_size, query_offset,
+    query_segment_ids, key_segment_ids, logits_soft_cap, score_mod,
+    score_mod_params, mask_mod, dropout_rate, dropout_rng, deterministic,
+    block_q, block_k,
+) -> _Prepared:
+  """Validate the arguments of `chunked_attention` and lay them out in blocks."""
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   scores_lib.check_query_key(query, key)
   _checks.check_value(key, value)
@@ -196,14 +180,131 @@ def chunked_attention(
 
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
-  out5, logsumexp = chunked_core(plan, q5, k4, v4, bias5, aux,
-                                 score_mod_params)
+  return _Prepared(plan, q5, k4, v4, bias5, aux, fold_scale, scale, batch)
 
-  # [B, K, G, T_padded, H_v] -> [B..., T, N, H_v]
-  out = out5[..., :query_length, :].transpose(0, 3, 1, 2, 4).reshape(
-      *batch, query_length, num_heads, value.shape[-1])
+
+def chunked_attention(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: ArrayLike | None = None,
+    key_value_seq_lengths: ArrayLike | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    return_residual: bool = False,
+    query_offset: ArrayLike | None = None,
+    query_segment_ids: ArrayLike | None = None,
+    key_segment_ids: ArrayLike | None = None,
+    logits_soft_cap: float | None = None,
+    score_mod: Callable | None = None,
+    score_mod_params=None,
+    mask_mod: Callable | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = False,
+    block_q: int | None = None,
+    block_k: int | None = None,
+):
+  """Exact attention with an online softmax over `[block_q, block_k]` tiles.
+
+  Returns what `dot_product_attention` returns for the same arguments, with
+  the same conventions, and differentiates through a custom VJP that
+  recomputes each tile instead of storing the `[T, S]` weights.
+
+  Args:
+    query, key, value, bias, mask, scale, is_causal, query_seq_lengths,
+    key_value_seq_lengths, local_window_size, return_residual,
+    query_offset, query_segment_ids, key_segment_ids: as in
+      `dot_product_attention`.
+    logits_soft_cap: if set, logits become `cap * tanh(logits / cap)` before
+      the bias and `score_mod` are applied.
+    score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
+      modified logits; its index arguments are broadcastable int32 arrays
+      (`batch` is flat over all leading batch axes). It is evaluated per
+      tile, so a positional bias never becomes a `[T, S]` array. Arrays it
+      closes over are constants: gradients do not flow into them, so pass
+      learned arrays through `score_mod_params`.
+    score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
+      argument; gradients flow into it.
+    mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
+      array, True where attention is allowed, evaluated per tile.
+    dropout_rate, dropout_rng, deterministic: as in
+      `dot_product_attention`; the chunked path drops exactly the weights
+      that the reference path drops for the same key.
+    block_q: queries per tile; None picks 256 with a causal or window mask
+      and 512 otherwise.
+    block_k: keys per tile; None picks the same as `block_q`, or more keys
+      when T is shorter than a query block, keeping the tile area.
+
+  Returns:
+    The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
+    with `return_residual`.
+  """
+  prepared = _prepare(
+      query, key, value, bias, mask, scale=scale, is_causal=is_causal,
+      query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=local_window_size, query_offset=query_offset,
+      query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids,
+      logits_soft_cap=logits_soft_cap, score_mod=score_mod,
+      score_mod_params=score_mod_params, mask_mod=mask_mod,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+      deterministic=deterministic, block_q=block_q, block_k=block_k)
+  out5, logsumexp = chunked_core(
+      prepared.plan, prepared.query, prepared.key, prepared.value,
+      prepared.bias, prepared.aux, score_mod_params)
+  out = _from_rows(out5, prepared)
   if not return_residual:
     return out
-  residual = logsumexp[..., :query_length].transpose(0, 3, 1, 2).reshape(
-      *batch, query_length, num_heads)
-  return out, residual
+  return out, _from_rows(logsumexp, prepared)
+
+
+def chunked_attention_gradients(
+    query: ArrayLike,
+    key: ArrayLike,
+    value: ArrayLike,
+    out: ArrayLike,
+    logsumexp: ArrayLike,
+    d_out: ArrayLike,
+    d_logsumexp: ArrayLike,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    key_value_seq_lengths: ArrayLike | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Return `(dq, dk, dv)` of one block of keys, given the softmax over all keys.
+
+  For attention whose keys are split into blocks computed apart (ring
+  attention, for example), `out` `[B..., T, N, H_v]` and `logsumexp`
+  `[B..., T, N]` are the merged results over every block, and `d_out`,
+  `d_logsumexp` their cotangents. The weights of this block's keys are
+  then `exp(logit - logsumexp)`, so the tile loop of the chunked backward
+  pass gives this block's exact share of the gradients without running its
+  forward pass again. Masking options mean what they mean in
+  `chunked_attention`, within the block.
+  """
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  prepared = _prepare(
+      query, key, value, None, None, scale=scale, is_causal=is_causal,
+      query_seq_lengths=None, key_value_seq_lengths=key_value_seq_lengths,
+      local_window_size=None, query_offset=None, query_segment_ids=None,
+      key_segment_ids=None, logits_soft_cap=None, score_mod=None,
+      score_mod_params=None, mask_mod=None, dropout_rate=0.0,
+      dropout_rng=None, deterministic=True, block_q=block_q, block_k=block_k)
+  residuals = (prepared.query, prepared.key, prepared.value, None,
+               prepared.aux, None, _to_rows(jnp.asarray(out), prepared, 0),
+               _to_rows(jnp.asarray(logsumexp), prepared, -jnp.inf))
+  cotangents = (_to_rows(jnp.asarray(d_out), prepared, 0),
+                _to_rows(jnp.asarray(d_logsumexp), prepared, 0))
+  dq5, dk, dv, *_ = chunked_backward(prepared.plan, residuals, cotangents)
+  dq = _from_rows(dq5, prepared)
+  if prepared.fold_scale:
+    # The kernel saw queries multiplied by the scale.
+    dq = (dq * jnp.asarray(prepared.scale, dq.dtype)).astype(query.dtype)
+  return dq, dk.reshape(key.shape), dv.reshape(value.shape)

@@ -11,6 +11,7 @@ import attention_jax as aj
 from attention_jax import _chunked_tiles
 from attention_jax import dot_product
 from attention_jax._blocks import Plan
+from attention_jax.chunked import chunked_attention_gradients
 import oracle
 from tolerances import tolerance
 
@@ -414,3 +415,41 @@ def test_score_mod_params_need_score_mod():
   query, key, value = _inputs(19)
   with pytest.raises(ValueError, match="`score_mod_params` was given"):
     aj.chunked_attention(query, key, value, score_mod_params=jnp.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_block_gradients_sum_to_full(dtype):
+  keys = jax.random.split(jax.random.key(31), 5)
+  query = jax.random.normal(keys[0], (2, 7, 6, 5), dtype)
+  key = jax.random.normal(keys[1], (2, 12, 3, 5), dtype)
+  value = jax.random.normal(keys[2], (2, 12, 3, 4), dtype)
+  d_out = jax.random.normal(keys[3], (2, 7, 6, 4))
+  d_lse = jax.random.normal(keys[4], (2, 7, 6))
+  lengths = jnp.array([12, 4])
+
+  def loss(query, key, value):
+    out, lse = aj.dot_product_attention(
+        query, key, value, key_value_seq_lengths=lengths, scale=0.7,
+        implementation="reference", return_residual=True)
+    return (jnp.sum(out.astype(jnp.float32) * d_out)
+            + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * d_lse))
+
+  expected = jax.grad(loss, argnums=(0, 1, 2))(query, key, value)
+  out, lse = aj.dot_product_attention(
+      query, key, value, key_value_seq_lengths=lengths, scale=0.7,
+      implementation="reference", return_residual=True)
+  grads = []
+  for start, stop in ((0, 5), (5, 12)):
+    grads.append(chunked_attention_gradients(
+        query, key[:, start:stop], value[:, start:stop], out, lse, d_out,
+        d_lse, scale=0.7,
+        key_value_seq_lengths=jnp.clip(lengths - start, 0, stop - start)))
+  dq = grads[0][0].astype(jnp.float32) + grads[1][0].astype(jnp.float32)
+  dk = jnp.concatenate([grads[0][1], grads[1][1]], axis=1)
+  dv = jnp.concatenate([grads[0][2], grads[1][2]], axis=1)
+  check = tolerance(dtype)
+  np.testing.assert_allclose(dq, np.asarray(expected[0], np.float32), **check)
+  np.testing.assert_allclose(np.asarray(dk, np.float32),
+                             np.asarray(expected[1], np.float32), **check)
+  np.testing.assert_allclose(np.asarray(dv, np.float32),
+                             np.asarray(expected[2], np.float32), **check)

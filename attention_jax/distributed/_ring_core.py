@@ -10,11 +10,11 @@ and merged into a running (output, log-sum-exp) pair with an online
 softmax.
 
 The backward pass rotates key, value and their gradient accumulators. A
-block's gradients come from the global output and log-sum-exp: with
-`w_b = exp(lse_b - lse)` the weight of block b in the merged output, the
-block receives the cotangents `w_b * dO` for its output and
-`w_b * (dO . (O_b - O) + dlse)` for its log-sum-exp, and `jax.vjp` of the
-block turns them into the exact gradients. Memory stays at one block.
+block's gradients come from the global output and log-sum-exp: its weights
+are `exp(logit - lse)` with the lse over all keys, so the chunked kernel's
+backward tile loop, given the global output and lse as residuals, returns
+the block's exact share without running the block's forward pass again.
+Memory stays at one block.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 
 from attention_jax.distributed import _schedule
 from attention_jax.distributed import layout as layout_lib
+from attention_jax.chunked import chunked_attention_gradients
 from attention_jax.dot_product import dot_product_attention
 
 
@@ -186,17 +187,9 @@ def _forward(config: RingConfig, query, key, value, lengths):
 def _backward_blocks(config: RingConfig, kind: int, query, key, value,
                      lengths, out, lse, d_out, d_lse):
   """Return `(dq, dk, dv)` of one block from the global output and lse."""
-  (block_out, block_lse), pullback = jax.vjp(
-      functools.partial(_attend_block, config, kind, lengths=lengths),
-      query, key, value)
-  weight = _weight(block_lse.astype(lse.dtype), lse)
-  d_block_out = weight[..., None] * d_out
-  # The loss depends on lse_b through the output, dO/dlse_b = w_b (O_b - O), and
-  # through the global lse, dlse/dlse_b = w_b.
-  d_block_lse = weight * (
-      jnp.sum(d_out * (block_out.astype(out.dtype) - out), axis=-1) + d_lse)
-  return pullback((d_block_out.astype(block_out.dtype),
-                   d_block_lse.astype(block_lse.dtype)))
+  return chunked_attention_gradients(
+      query, key, value, out, lse, d_out, d_lse, scale=config.scale,
+      is_causal=kind == _schedule.DIAGONAL, key_value_seq_lengths=lengths)
 
 
 def _backward(config: RingConfig, residuals, cotangents):

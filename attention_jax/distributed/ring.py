@@ -189,9 +189,8 @@ def ring_attention(
   number of blocks.
 
   The gradient is a custom VJP that runs the ring again, rotating key,
-  value and their gradient accumulators, and recomputes each block instead
-  of storing it. NOTE: recomputing uses `jax.vjp` of the block, which runs
-  the block's forward pass once more than a fused backward would.
+  value and their gradient accumulators, and recomputes each block's
+  weights from the global log-sum-exp instead of storing them.
 
   Conventions match `attention_jax.dot_product_attention`: query head n
   reads key/value head `n // (N // K)`, and a query with no visible key
