@@ -109,8 +109,10 @@ Produced by `{command}` in {wall_seconds / 60:.1f} minutes on {machine['processo
 
 {table}
 
-- Text: {config.text_steps} steps on {text.source}, in UTF-8 bytes; validation loss on \
-{config.eval_windows} held-out windows after the last step.
+- Text: {config.text_steps} steps on the first {config.max_data_mb:g} MiB of {text.source}, read as \
+UTF-8 bytes. Bits per character are bits per byte times bytes per character of the held-out text; the \
+validation loss is on {config.eval_windows} held-out windows after the last step, and the unigram \
+baseline depends on how much of the corpus is read.
 - Recall: {config.recall_steps} steps on {config.recall_pairs} key/value pairs followed by \
 {config.recall_queries} queries; accuracy on {config.recall_eval_examples} held-out examples, evaluated \
 {runner.EVALUATIONS_PER_RUN} times during training (the first of those steps at 90% or more is \

@@ -114,6 +114,15 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     """
     started = time.perf_counter()
     config.validate()
+    # Check the devices before reading the corpus, so a bad split fails at once.
+    plan = make_plan(
+        config.data_parallel,
+        config.sequence_parallel,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        mechanism=config.mechanism,
+        attention=config.attention,
+    )
     corpus = load_corpus(
         config.data,
         validation_fraction=config.validation_fraction,
@@ -144,14 +153,6 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     model = TransformerLM(model_config, rngs=nnx.Rngs(params=config.seed))
     logger.info("Model: %d parameters, %s attention", count_parameters(model), model_config.attention)
     graphdef, params = nnx.split(model, nnx.Param)
-    plan = make_plan(
-        config.data_parallel,
-        config.sequence_parallel,
-        batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        mechanism=config.mechanism,
-        attention=config.attention,
-    )
     if plan is not None:
         logger.info("Devices: batch over %d, each window over %d (ring attention)", plan.data, plan.sequence)
         params = plan.replicate(params)
