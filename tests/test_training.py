@@ -284,3 +284,16 @@ def test_resume_rejects_different_model(tmp_path):
     train(tiny_config(data, tmp_path / "out"))
     with pytest.raises(UserInputError, match="different model"):
         train(tiny_config(data, tmp_path / "out", width=24))
+
+
+@pytest.mark.parametrize("steps, expected", [(400, 50), (1000, 50), (200, 25), (20, 2), (3, 0)])
+def test_default_warmup_fits_short_runs(steps, expected):
+    config = TrainConfig(steps=steps)
+    config.validate()
+    assert config.effective_warmup_steps == expected
+
+
+def test_explicit_warmup_is_kept():
+    assert TrainConfig(steps=20, warmup_steps=7).effective_warmup_steps == 7
+    with pytest.raises(UserInputError, match="warmup_steps=20 must be less than steps=20"):
+        TrainConfig(steps=20, warmup_steps=20).validate()

@@ -75,7 +75,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     optimization.add_argument("--min-learning-rate", type=float, default=_DEFAULTS.min_learning_rate,
                               help="learning rate at the end of the cosine decay")
     optimization.add_argument("--warmup-steps", type=int, default=_DEFAULTS.warmup_steps,
-                              help="steps of linear learning-rate warm-up from 0")
+                              help="steps of linear learning-rate warm-up from 0 "
+                              "(default: 50, or --steps / 8 for runs shorter than 400 steps)")
     optimization.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
                               help="AdamW weight decay of kernels and embeddings")
     optimization.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip,

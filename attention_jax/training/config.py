@@ -42,7 +42,8 @@ class TrainConfig:
     steps: int = 400
     learning_rate: float = 3e-3
     min_learning_rate: float = 3e-4
-    warmup_steps: int = 50
+    # None warms up for 50 steps, or for steps // 8 in runs shorter than 400 steps.
+    warmup_steps: int | None = None
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
@@ -66,6 +67,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def effective_warmup_steps(self) -> int:
+        """Return the warm-up length: `warmup_steps`, or the default for this many steps when it is None."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(50, self.steps // 8)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -91,7 +99,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserInputError(f"{name} must be a positive integer, but got {value!r}")
-        for name in ("warmup_steps", "sample_tokens", "seed"):
+        non_negative = ("sample_tokens", "seed")
+        if self.warmup_steps is not None:
+            non_negative += ("warmup_steps",)
+        for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UserInputError(f"{name} must be a non-negative integer, but got {value!r}")
@@ -108,7 +119,7 @@ class TrainConfig:
             raise UserInputError(f"max_data_mb must be positive, but got {self.max_data_mb}")
         if self.seq_len < 2:
             raise UserInputError(f"seq_len must be at least 2, but got {self.seq_len}")
-        if self.warmup_steps >= self.steps:
+        if self.warmup_steps is not None and self.warmup_steps >= self.steps:
             raise UserInputError(
                 f"warmup_steps={self.warmup_steps} must be less than steps={self.steps}; "
                 "lower --warmup-steps or raise --steps"

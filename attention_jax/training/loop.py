@@ -46,7 +46,7 @@ class OptimizerConfig:
         return cls(
             learning_rate=config.learning_rate,
             min_learning_rate=config.min_learning_rate,
-            warmup_steps=config.warmup_steps,
+            warmup_steps=config.effective_warmup_steps,
             decay_steps=config.steps,
             weight_decay=config.weight_decay,
             grad_clip=config.grad_clip,
