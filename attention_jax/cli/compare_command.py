@@ -15,7 +15,7 @@ _FULL = CompareConfig()
 _QUICK = CompareConfig.quick()
 
 DESCRIPTION = f"""\
-Answer "which attention mechanism works best here?" by measurement. Trains
+Measure which attention mechanism works best on your data. Trains
 the same small transformer with each mechanism ({', '.join(MECHANISM_CHOICES)})
 on the train command's text corpus and on a synthetic associative-recall
 task, with the same seeds, batches and steps. Writes a table (validation
