@@ -156,7 +156,8 @@ def test_compare_writes_table_json_and_plots(compared):
 
   markdown = (output / "results.md").read_text()
   for name in ("scaled", "basic", "alibi"):
-    assert f"| {name} |" in markdown and f"| {name} |" in printed
+    assert f"| {name} |" in markdown
+    assert f"| {name} |" in printed
   assert "recall accuracy" in markdown
   for plot in ("text_curves.png", "recall_curves.png"):
     assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

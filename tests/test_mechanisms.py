@@ -54,11 +54,13 @@ def test_every_mechanism_trains_and_returns_weights(mechanism):
 
   grads = jax.jit(jax.grad(loss))(params)
   norms = [float(jnp.linalg.norm(leaf)) for leaf in jax.tree.leaves(grads)]
-  assert all(np.isfinite(norms)) and sum(norms) > 0
+  assert all(np.isfinite(norms))
+  assert sum(norms) > 0
   weights = model.attention_weights(tokens)
   assert len(weights) == 2
   for layer in weights:
-    assert layer.shape[0] == 2 and layer.shape[-2:] == (LENGTH, LENGTH)
+    assert layer.shape[0] == 2
+    assert layer.shape[-2:] == (LENGTH, LENGTH)
     np.testing.assert_allclose(jnp.sum(layer, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(
         np.asarray(layer) * np.triu(np.ones((LENGTH, LENGTH)), 1), 0.0)

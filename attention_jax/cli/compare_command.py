@@ -78,12 +78,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """Return the configuration that the parsed options describe."""
-    given = {name: getattr(args, name) for name, _, _ in _NUMERIC_OPTIONS if getattr(args, name) is not None}
-    given["output"] = args.output
-    given["data"] = args.data
+    options = {name: getattr(args, name) for name, _, _ in _NUMERIC_OPTIONS if getattr(args, name) is not None}
+    options["output"] = args.output
+    options["data"] = args.data
     if args.mechanisms is not None:
-        given["mechanisms"] = args.mechanisms
-    return CompareConfig.quick(**given) if args.quick else CompareConfig(**given)
+        options["mechanisms"] = args.mechanisms
+    return CompareConfig.quick(**options) if args.quick else CompareConfig(**options)
 
 
 def run(args: argparse.Namespace) -> int:

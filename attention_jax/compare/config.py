@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from attention_jax.compare.recall import NUM_KEYS
-from attention_jax.training.errors import UserInputError
+from attention_jax.compare.recall import NUM_KEYS, RecallTask
+from attention_jax.training.errors import UserInputError, check_integers
 from attention_jax.training.mechanisms import MECHANISM_CHOICES
 
 
@@ -76,18 +76,14 @@ class CompareConfig:
             )
         if len(set(self.mechanisms)) != len(self.mechanisms):
             raise UserInputError(f"mechanisms must not repeat, but got {', '.join(self.mechanisms)}")
+
         positive = (
             "text_steps", "eval_windows", "recall_steps", "recall_pairs", "recall_queries",
             "recall_eval_examples", "width", "num_layers", "num_heads", "seq_len", "batch_size",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserInputError(f"{name} must be a positive integer, but got {value!r}")
-        for name in ("warmup_steps", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise UserInputError(f"{name} must be a non-negative integer, but got {value!r}")
+        check_integers(self, positive, minimum=1)
+        check_integers(self, ("warmup_steps", "seed"), minimum=0)
+
         if self.warmup_steps >= min(self.text_steps, self.recall_steps):
             raise UserInputError(
                 f"warmup_steps={self.warmup_steps} must be less than text_steps and recall_steps "
@@ -101,15 +97,17 @@ class CompareConfig:
             raise UserInputError(f"max_data_mb must be positive, but got {self.max_data_mb}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise UserInputError(f"validation_fraction must be between 0 and 1, but got {self.validation_fraction}")
-        example_length = self.recall_pairs + 1 + 2 * self.recall_queries
+
         if self.recall_pairs > NUM_KEYS:
             raise UserInputError(
                 f"recall_pairs must be at most {NUM_KEYS}, the number of distinct keys, but got {self.recall_pairs}"
             )
+        example_length = RecallTask.unpadded(self.recall_pairs, self.recall_queries).example_length
         if example_length > self.seq_len + 1:
             raise UserInputError(
                 f"a recall example of {self.recall_pairs} pairs and {self.recall_queries} queries takes "
                 f"{example_length} tokens, more than seq_len + 1 = {self.seq_len + 1}; raise --seq-len"
             )
+
         if not self.output:
             raise UserInputError("output must name a folder, but got an empty string")

@@ -79,10 +79,10 @@ class RecallTask:
             values = rng.integers(0, NUM_VALUES, size=self.num_pairs)
             tokens[row, : self.num_pairs] = NUM_VALUES * keys + values
             tokens[row, self.num_pairs] = SEPARATOR
-            # Keys are asked with replacement: without it, the last answers follow by elimination.
-            asked = rng.integers(0, self.num_pairs, size=self.num_queries)
-            tokens[row, query_start : self.example_length : 2] = QUERY_BASE + keys[asked]
-            tokens[row, query_start + 1 : self.example_length : 2] = ANSWER_BASE + values[asked]
+            # Keys are queried with replacement. Without it, the last answers would follow by elimination.
+            queried = rng.integers(0, self.num_pairs, size=self.num_queries)
+            tokens[row, query_start : self.example_length : 2] = QUERY_BASE + keys[queried]
+            tokens[row, query_start + 1 : self.example_length : 2] = ANSWER_BASE + values[queried]
         weights = np.zeros((batch_size, self.window - 1), dtype=np.float32)
         # The answer at query_start + 1 + 2q is predicted from the query just before it.
         weights[:, query_start + 2 * np.arange(self.num_queries)] = 1.0
@@ -108,8 +108,8 @@ def accuracy(predictions: np.ndarray, tokens: np.ndarray, weights: np.ndarray) -
     """Return the fraction of answers predicted right.
 
     `predictions` [B, window - 1] are the most likely next tokens after
-    each position of `tokens[:, :-1]`; `weights` [B, window - 1] mark the
-    answers, as from `RecallTask.batch`.
+    each position of `tokens[:, :-1]`. `weights` [B, window - 1] mark the
+    answers, as `RecallTask.batch` returns them.
     """
     correct = np.asarray(predictions) == tokens[:, 1:]
     return float(np.sum(correct * weights) / np.sum(weights))

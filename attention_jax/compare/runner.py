@@ -21,11 +21,14 @@ from flax import nnx
 
 from attention_jax.compare.config import CompareConfig
 from attention_jax.compare.recall import RecallTask, accuracy
-from attention_jax.training.batches import evaluation_windows, pad_to_batches, training_batch
+from attention_jax.training.batches import evaluation_windows, pad_to_batches, require_window, training_batch
+from attention_jax.training.corpus import load_corpus
 from attention_jax.training import loop
 from attention_jax.training.loop import OptimizerConfig, Steps
+from attention_jax.training.mechanisms import MECHANISMS
 from attention_jax.training.metrics import nats_to_bits, unigram_cross_entropy_bits
 from attention_jax.training.model import ModelConfig, TransformerLM, count_parameters
+from attention_jax.training.tokenizers import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +184,6 @@ def _train(
 
 def load_text(config: CompareConfig) -> TextData:
     """Load the train command's corpus as bytes and cut the validation windows."""
-    from attention_jax.training.corpus import load_corpus
-    from attention_jax.training.errors import UserInputError
-    from attention_jax.training.tokenizers import build_tokenizer
-
     corpus = load_corpus(
         config.data, validation_fraction=config.validation_fraction, max_bytes=int(config.max_data_mb * 2**20)
     )
@@ -192,11 +191,8 @@ def load_text(config: CompareConfig) -> TextData:
     train_tokens = tokenizer.encode(corpus.train_text)
     validation_tokens = tokenizer.encode(corpus.validation_text)
     window = config.seq_len + 1
-    for split, tokens in (("training", train_tokens), ("validation", validation_tokens)):
-        if len(tokens) < window:
-            raise UserInputError(
-                f"the {split} split has {len(tokens)} tokens, fewer than one window of seq_len + 1 = {window}"
-            )
+    require_window("training", train_tokens, window)
+    require_window("validation", validation_tokens, window)
     windows = evaluation_windows(validation_tokens, count=config.eval_windows, window=window)
     chars_per_token = len(corpus.validation_text) / len(validation_tokens)
     return TextData(
@@ -213,8 +209,6 @@ def run_mechanism(
     config: CompareConfig, mechanism: str, text: TextData, *, progress: Callable[[], None] = lambda: None
 ) -> MechanismResult:
     """Train `mechanism` on the text task and on the recall task; return both results."""
-    from attention_jax.training.mechanisms import MECHANISMS
-
     window = config.seq_len + 1
     text_weights = np.ones((config.batch_size, config.seq_len), dtype=np.float32)
 

@@ -10,11 +10,10 @@ and merged into a running (output, log-sum-exp) pair with an online
 softmax.
 
 The backward pass rotates key, value and their gradient accumulators. A
-block's gradients come from the global output and log-sum-exp: its weights
-are `exp(logit - lse)` with the lse over all keys, so the chunked kernel's
-backward tile loop, given the global output and lse as residuals, returns
-the block's exact share without running the block's forward pass again.
-Memory stays at one block.
+block's weights are `exp(logit - lse)`, with the lse taken over all keys.
+So the chunked kernel's backward tile loop, given the global output and lse
+as residuals, returns the block's exact share of the gradients without
+running the block's forward pass again. Memory stays at one block.
 """
 
 from __future__ import annotations

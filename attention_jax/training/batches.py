@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from attention_jax.training.errors import UserInputError
+
 
 def training_batch(tokens: np.ndarray, *, batch_size: int, window: int, seed: int, step: int) -> np.ndarray:
     """Return `batch_size` random windows [batch_size, window] of `tokens` for one training step.
@@ -42,3 +44,12 @@ def pad_to_batches(windows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np
         padded.reshape(num_batches, batch_size, windows.shape[1]),
         weights.reshape(num_batches, batch_size),
     )
+
+
+def require_window(split: str, tokens: np.ndarray, window: int) -> None:
+    """Raise UserInputError when the `split` tokens are shorter than one window of `window` tokens."""
+    if len(tokens) < window:
+        raise UserInputError(
+            f"the {split} split has {len(tokens)} tokens, fewer than one window of seq_len + 1 = {window}; "
+            "add more text or lower --seq-len"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from attention_jax.training.errors import UserInputError
+from attention_jax.training.errors import UserInputError, check_integers
 from attention_jax.training.model import ModelConfig
 from attention_jax.training.tokenizers import TOKENIZER_CHOICES
 
@@ -95,17 +95,11 @@ class TrainConfig:
             "width", "num_layers", "num_heads", "mlp_ratio", "seq_len", "batch_size", "steps",
             "eval_every", "eval_windows", "log_every", "checkpoint_every", "data_parallel", "sequence_parallel",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserInputError(f"{name} must be a positive integer, but got {value!r}")
+        check_integers(self, positive, minimum=1)
         non_negative = ("sample_tokens", "seed")
         if self.warmup_steps is not None:
             non_negative += ("warmup_steps",)
-        for name in non_negative:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise UserInputError(f"{name} must be a non-negative integer, but got {value!r}")
+        check_integers(self, non_negative, minimum=0)
 
         if self.tokenizer not in TOKENIZER_CHOICES:
             raise UserInputError(

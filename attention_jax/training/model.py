@@ -152,7 +152,7 @@ class Block(nnx.Module):
     def attend(self, x: jax.Array, *, return_weights: bool = False, ring: dict | None = None):
         """Apply causal self-attention to `x` [B, T, D]; with `return_weights`, also return [B, N, T, T] weights.
 
-        `ring` holds the keyword arguments of
+        `ring` contains the keyword arguments of
         `attention_jax.distributed.ring_attention` when the sequence is
         split over devices; `x` is then in the ring's layout.
         """
@@ -255,7 +255,7 @@ class TransformerLM(nnx.Module):
 
         With `deterministic=False` and a nonzero dropout rate, `rngs` must have a `dropout` stream.
         `positions` [T] are the tokens' positions (default 0..T-1). `ring`
-        holds the keyword arguments of `attention_jax.distributed.ring_attention`
+        contains the keyword arguments of `attention_jax.distributed.ring_attention`
         for sequence-parallel attention, with `tokens` and `positions` in
         the ring's layout.
         """

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from attention_jax.training import plots
-from attention_jax.training.batches import evaluation_windows, pad_to_batches
+from attention_jax.training.batches import evaluation_windows, pad_to_batches, require_window
 from attention_jax.training.checkpoint import Checkpoints
 from attention_jax.training.config import TrainConfig
 from attention_jax.training.corpus import load_corpus
@@ -73,14 +73,6 @@ def _snippet_start(tokens: np.ndarray, tokenizer: Tokenizer, length: int) -> int
     return first_line_start if first_line_start is not None else max(0, middle)
 
 
-def _require_window(split: str, tokens: np.ndarray, window: int) -> None:
-    if len(tokens) < window:
-        raise UserInputError(
-            f"the {split} split has {len(tokens)} tokens, fewer than one window of seq_len + 1 = {window}; "
-            "add more text or lower --seq-len"
-        )
-
-
 def _prepare_resume(
     config: TrainConfig, checkpoints: Checkpoints, model_config, tokenizer: Tokenizer
 ) -> int | None:
@@ -134,8 +126,8 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     train_tokens = tokenizer.encode(train_text)
     validation_tokens = tokenizer.encode(validation_text)
     window = config.seq_len + 1
-    _require_window("training", train_tokens, window)
-    _require_window("validation", validation_tokens, window)
+    require_window("training", train_tokens, window)
+    require_window("validation", validation_tokens, window)
 
     chars_per_token = len(validation_text) / len(validation_tokens)
     baseline_bits = unigram_cross_entropy_bits(train_tokens, validation_tokens, tokenizer.vocab_size)
