@@ -98,6 +98,10 @@ def chunked_backward(plan: Plan, residuals, cotangents):
   `residuals` are the inputs with the output and log-sum-exp that the
   weights are normalized by; `cotangents` are those of the output and the
   log-sum-exp.
+
+  Tiles are recomputed transposed, `[B * K, bk, G * bq]` with keys as rows,
+  so that the key and value gradients are plain matrix products and only
+  the query gradient contracts over rows (see `tiles.key_major`).
   """
   query, key, value, bias, aux, params, out, logsumexp = residuals
   d_out, d_logsumexp = cotangents
@@ -108,59 +112,81 @@ def chunked_backward(plan: Plan, residuals, cotangents):
   row_dot = (jnp.sum(d_out * out.astype(tiles.F32), axis=-1, keepdims=True)
              - d_logsumexp.astype(tiles.F32)[..., None])
   safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)[..., None]
+  modifies = tiles.modifies_logits(plan)
 
   def query_block(carry, block):
     q_start = block * plan.block_q
     q_rows = tiles.query_rows(plan, query, q_start)
     do_rows = tiles.query_rows(plan, d_out, q_start)
-    lse_rows = tiles.query_rows(plan, safe_logsumexp, q_start)
-    dot_rows = tiles.query_rows(plan, row_dot, q_start)
+    # Row terms become [B * K, 1, G * bq], broadcast along each key row.
+    lse_row = jnp.swapaxes(tiles.query_rows(plan, safe_logsumexp, q_start),
+                           1, 2)
+    dot_row = jnp.swapaxes(tiles.query_rows(plan, row_dot, q_start), 1, 2)
 
     def visit(k_block_index, inner):
       k_start, first_new = tiles.key_start(plan, k_block_index)
       mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
 
       def update(inner, mask):
-        dq, dk, dv, dbias, dparams = inner
+        dq_t, dk, dv, dbias, dparams = inner
         k_rows = tiles.key_rows(plan, aux, key, k_start)
         v_rows = tiles.key_rows(plan, aux, value, k_start)
-        bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
-                            plan.block_k)
-        logits, pullback = jax.vjp(
-            functools.partial(tiles.tile_logits, plan, batch_size, q_start,
-                              k_start),
-            q_rows, k_rows, bias_tile, params)
-        valid = tiles.valid_entries(plan, mask, logits)
+        logits = jnp.einsum("xsh,xrh->xsr", k_rows, q_rows,
+                            preferred_element_type=tiles.F32)
+        if plan.scale != 1.0:
+          logits = logits * jnp.asarray(plan.scale, tiles.F32)
+        if modifies:
+          bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
+                              plan.block_k)
+          modified, pullback = jax.vjp(
+              functools.partial(tiles.modify_tile, plan, batch_size, q_start,
+                                k_start),
+              tiles.from_key_major(plan, logits), bias_tile, params)
+          logits = tiles.key_major(plan, modified, batch_size)
+        valid = tiles.valid_entries(plan, mask, logits, transposed=True)
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
-        probs = jnp.exp(logits - lse_rows)
-        d_probs = jnp.einsum("xrv,xsv->xrs", do_rows, v_rows.astype(tiles.F32))
-        dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
+        probs = jnp.exp(logits - lse_row)
+        d_probs = jnp.einsum("xsv,xrv->xsr", v_rows.astype(tiles.F32),
+                             do_rows)
+        dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start,
+                                      transposed=True)
         if dropout is None:
-          dv_tile = jnp.einsum("xrs,xrv->xsv", probs, do_rows)
+          dv_tile = jnp.einsum("xsr,xrv->xsv", probs, do_rows)
         else:
-          dv_tile = jnp.einsum("xrs,xrv->xsv", probs * dropout, do_rows)
+          dv_tile = jnp.einsum("xsr,xrv->xsv", probs * dropout, do_rows)
           d_probs = d_probs * dropout
         # With dropout D, sum_s P_s D_s (dO . v_s) is still dO . O.
-        d_logits = probs * (d_probs - dot_rows)
-        dq_tile, dk_tile, dbias_tile, dparams_tile = pullback(d_logits)
-        dq = dq + dq_tile.astype(tiles.F32)
+        d_logits = probs * (d_probs - dot_row)
+        if modifies:
+          d_logits5, dbias_tile, dparams_tile = pullback(
+              tiles.from_key_major(plan, d_logits))
+          d_logits = tiles.key_major(plan, d_logits5, batch_size)
+          if dbias is not None:
+            dbias = tiles.add_bias_grad(dbias, dbias_tile, q_start, k_start)
+          dparams = jax.tree.map(lambda total, part: total + part.astype(
+              total.dtype), dparams, dparams_tile)
+        if plan.scale != 1.0:
+          d_logits = d_logits * jnp.asarray(plan.scale, tiles.F32)
+        dk_tile = jnp.einsum("xsr,xrh->xsh", d_logits, q_rows,
+                             preferred_element_type=tiles.F32)
+        dq_t = dq_t + jnp.einsum("xsh,xsr->xhr", k_rows, d_logits,
+                                 preferred_element_type=tiles.F32)
         dk = tiles.add_key_rows(dk, dk_tile, k_start)
         dv = tiles.add_key_rows(dv, dv_tile, k_start)
-        if dbias is not None:
-          dbias = tiles.add_bias_grad(dbias, dbias_tile, q_start, k_start)
-        dparams = jax.tree.map(lambda total, part: total + part.astype(
-            total.dtype), dparams, dparams_tile)
-        return dq, dk, dv, dbias, dparams
+        return dq_t, dk, dv, dbias, dparams
 
       return tiles.visit_tile(mask, update, inner)
 
     dk, dv, dbias, dparams = carry
     first, last = tiles.key_block_range(plan, aux, block)
-    dq = jnp.zeros(q_rows.shape, tiles.F32)
-    dq, dk, dv, dbias, dparams = jax.lax.fori_loop(
-        first, last, visit, (dq, dk, dv, dbias, dparams))
-    return (dk, dv, dbias, dparams), tiles.as_tile5(plan, dq)
+    # The query gradient is accumulated transposed, [B * K, H, G * bq].
+    dq_t = jnp.zeros((q_rows.shape[0], q_rows.shape[2], q_rows.shape[1]),
+                     tiles.F32)
+    dq_t, dk, dv, dbias, dparams = jax.lax.fori_loop(
+        first, last, visit, (dq_t, dk, dv, dbias, dparams))
+    return (dk, dv, dbias, dparams), tiles.as_tile5(
+        plan, jnp.swapaxes(dq_t, 1, 2))
 
   init = (jnp.zeros(key.shape, tiles.F32), jnp.zeros(value.shape, tiles.F32),
           None if bias is None else jnp.zeros(bias.shape, tiles.F32),
