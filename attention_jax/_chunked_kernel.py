@@ -68,7 +68,8 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
             preferred_element_type=tiles.F32)
         return new_max, total, acc
 
-      return tiles.visit_tile(mask, update, carry)
+      return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
+                              mask, update, carry)
 
     first, last = tiles.key_block_range(plan, aux, block)
     init = (jnp.full((flat, rows, 1), -jnp.inf, tiles.F32),
@@ -176,7 +177,8 @@ def chunked_backward(plan: Plan, residuals, cotangents):
         dv = tiles.add_key_rows(dv, dv_tile, k_start)
         return dq_t, dk, dv, dbias, dparams
 
-      return tiles.visit_tile(mask, update, inner)
+      return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
+                              mask, update, inner)
 
     dk, dv, dbias, dparams = carry
     first, last = tiles.key_block_range(plan, aux, block)

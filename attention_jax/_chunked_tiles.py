@@ -245,15 +245,64 @@ def key_block_range(plan: Plan, aux: dict, block):
   return first, last
 
 
-def visit_tile(mask, update, carry):
+def tile_bounds(plan: Plan, aux: dict, q_start, k_start, first_new):
+  """Return scalar `(some, every)` for the position-based parts of a mask.
+
+  The causal, window, length and block-bound masks depend only on indices
+  and per-batch scalars, so whether a tile has any or only visible entries
+  follows from its corners without building the `[bq, bk]` mask. `some` may
+  be True for a tile that is empty for every batch element, which only
+  costs time; `every` is True only when every entry is visible.
+  """
+  q_first, q_last = q_start, q_start + plan.block_q - 1
+  k_first, k_last = k_start, k_start + plan.block_k - 1
+  some, every = jnp.bool_(True), jnp.bool_(True)
+  if plan.needs_bounds:
+    every = every & (k_first >= first_new)
+  if plan.uses_positions:
+    if plan.has_offset:
+      low, high = jnp.min(aux["offset"]), jnp.max(aux["offset"])
+    else:
+      low = high = plan.key_length - plan.query_length
+    # Key minus query position over the tile, for any batch element.
+    nearest = k_first - (q_last + high)
+    farthest = k_last - (q_first + low)
+    right = 0 if plan.is_causal else None
+    left = None
+    if plan.window is not None:
+      left = plan.window[0]
+      right = plan.window[1] if right is None else min(right, plan.window[1])
+    if right is not None:
+      some = some & (nearest <= right)
+      every = every & (farthest <= right)
+    if left is not None:
+      some = some & (farthest >= -left)
+      every = every & (nearest >= -left)
+  if plan.has_key_lengths:
+    some = some & (k_first < jnp.max(aux["key_lengths"]))
+    every = every & (k_last < jnp.min(aux["key_lengths"]))
+  if plan.has_query_lengths:
+    some = some & (q_first < jnp.max(aux["query_lengths"]))
+    every = every & (q_last < jnp.min(aux["query_lengths"]))
+  return some, every
+
+
+def visit_tile(plan: Plan, aux: dict, q_start, k_start, first_new, mask,
+               update, carry):
   """Skip an all-False tile, and drop the mask of an all-True one.
 
   `update(carry, mask)` takes the mask, or None when every entry is
   visible; interior tiles of a causal or window mask then need no `where`.
+  Segment ids, dense masks and `mask_mod` are reduced over the tile; the
+  other mask parts are decided from the tile's corners.
   """
   if mask is None:
     return update(carry, None)
-  branch = jnp.where(jnp.any(mask), jnp.where(jnp.all(mask), 2, 1), 0)
+  some, every = tile_bounds(plan, aux, q_start, k_start, first_new)
+  if plan.has_segments or plan.has_mask or plan.mask_mod is not None:
+    some = some & jnp.any(mask)
+    every = every & jnp.all(mask)
+  branch = jnp.where(some, jnp.where(every, 2, 1), 0)
   return jax.lax.switch(
       branch,
       (lambda c: c, lambda c: update(c, mask), lambda c: update(c, None)),
