@@ -45,7 +45,7 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
         k_rows = tiles.key_rows(plan, aux, key, k_start)
         v_rows = tiles.key_rows(plan, aux, value, k_start)
         logits = tiles.tile_logits(
-            plan, batch_size, q_start, k_start, q_rows, k_rows,
+            plan, aux, batch_size, q_start, k_start, q_rows, k_rows,
             tile_of(bias, q_start, k_start, plan.block_q, plan.block_k),
             params)
         valid = tiles.valid_entries(plan, mask, logits)
@@ -140,8 +140,8 @@ def chunked_backward(plan: Plan, residuals, cotangents):
           bias_tile = tile_of(bias, q_start, k_start, plan.block_q,
                               plan.block_k)
           modified, pullback = jax.vjp(
-              functools.partial(tiles.modify_tile, plan, batch_size, q_start,
-                                k_start),
+              functools.partial(tiles.modify_tile, plan, aux, batch_size,
+                                q_start, k_start),
               tiles.from_key_major(plan, logits), bias_tile, params)
           logits = tiles.key_major(plan, modified, batch_size)
         valid = tiles.valid_entries(plan, mask, logits, transposed=True)

@@ -31,8 +31,16 @@ def tile_indices(plan: Plan, q_start, k_start):
   return heads, q_index.reshape(1, 1, 1, -1, 1), k_index.reshape(1, 1, 1, 1, -1)
 
 
-def batch_index(batch_size: int) -> jax.Array:
-  return jnp.arange(batch_size, dtype=jnp.int32).reshape(-1, 1, 1, 1, 1)
+def batch_index(aux: dict, batch_size: int) -> jax.Array:
+  """Return the global batch index `[B, 1, 1, 1, 1]` of the tile's rows.
+
+  When the batch is processed in chunks, `aux["batch_start"]` is the first
+  global index of the chunk.
+  """
+  index = jnp.arange(batch_size, dtype=jnp.int32)
+  if "batch_start" in aux:
+    index = index + aux["batch_start"]
+  return index.reshape(-1, 1, 1, 1, 1)
 
 
 def _per_batch(x: jax.Array) -> jax.Array:
@@ -84,7 +92,7 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
     parts.append(tile_of(aux["mask"], q_start, k_start, plan.block_q,
                          plan.block_k))
   if plan.mask_mod is not None:
-    indices = (batch_index(batch_size), heads, q_index, k_index)
+    indices = (batch_index(aux, batch_size), heads, q_index, k_index)
     parts.append(_attend.evaluate_mask_mod(plan.mask_mod, indices))
   if not parts:
     return None
@@ -94,8 +102,8 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
   return result
 
 
-def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
-                k_block, bias_tile, params=None):
+def tile_logits(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
+                q_rows, k_block, bias_tile, params=None):
   """Return the modified, scaled logits of one tile.
 
   Args:
@@ -114,7 +122,7 @@ def tile_logits(plan: Plan, batch_size: int, q_start, k_start, q_rows,
     logits = logits * jnp.asarray(plan.scale, F32)
   if not modifies_logits(plan):
     return logits
-  logits = modify_tile(plan, batch_size, q_start, k_start,
+  logits = modify_tile(plan, aux, batch_size, q_start, k_start,
                        as_tile5(plan, logits), bias_tile, params)
   return logits.reshape(-1, plan.group_size * plan.block_q, plan.block_k)
 
@@ -125,13 +133,13 @@ def modifies_logits(plan: Plan) -> bool:
           or plan.score_mod is not None)
 
 
-def modify_tile(plan: Plan, batch_size: int, q_start, k_start, logits5,
-                bias_tile, params):
+def modify_tile(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
+                logits5, bias_tile, params):
   """Apply soft-capping, the bias and `score_mod` to `[B, K, G, bq, bk]`."""
   indices = None
   if plan.score_mod is not None:
     heads, q_index, k_index = tile_indices(plan, q_start, k_start)
-    indices = (batch_index(batch_size), heads, q_index, k_index)
+    indices = (batch_index(aux, batch_size), heads, q_index, k_index)
   return _attend.modify_logits(
       logits5, bias_tile, logits_soft_cap=plan.logits_soft_cap,
       score_mod=plan.score_mod, indices=indices, score_mod_params=params)
@@ -184,7 +192,7 @@ def dropout_scale(plan: Plan, aux: dict, batch_size: int, q_start,
     return None
   heads, q_index, k_index = tile_indices(plan, q_start, k_start)
   keep = dropout_lib.keep_mask(
-      aux["dropout_seeds"], plan.dropout_rate, batch_index(batch_size),
+      aux["dropout_seeds"], plan.dropout_rate, batch_index(aux, batch_size),
       heads, q_index, k_index)
   factor = jnp.asarray(1.0 / (1.0 - plan.dropout_rate), F32)
   scale = jnp.where(keep, factor, jnp.zeros((), F32))

@@ -17,12 +17,12 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from attention_jax import _attend
+from attention_jax import _batch_chunks
 from attention_jax import _checks
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
 from attention_jax._chunked_kernel import chunked_backward
-from attention_jax._chunked_kernel import chunked_core
 
 # Tile sizes chosen by timing T = 1024 to 4096, 8 heads, head dim 64,
 # float32 on a 2-core x86-64 CPU (jax.jit matmul at about 260 GFLOP/s): large
@@ -37,15 +37,19 @@ from attention_jax._chunked_kernel import chunked_core
 DEFAULT_BLOCKS = (1024, 512)
 CAUSAL_BLOCKS = (512, 512)
 NARROW_WINDOW_BLOCKS = (256, 256)
-# Query blocks shrink (down to 256) while a tile would hold more logits than
-# this, so that tiles of many heads or a large batch stay near 16 MB in
-# float32. With 64 heads in the batch, 256 to 1024 queries timed the same.
+# Query blocks shrink (down to 256) while a tile would contain more logits
+# than this, so that tiles of many heads stay near 16 MB in float32. With 64
+# heads in one tile, 256 to 1024 queries timed the same. A large batch is
+# instead split into chunks that run one after another (`_batch_chunks`).
 TILE_LOGITS = 8 * 1024 * 512
 SMALLEST_DEFAULT_BLOCK_Q = 256
 
 
 def _default_blocks(window, is_causal: bool, heads: int) -> tuple[int, int]:
-  """Return the default `(block_q, block_k)` for `heads` = batch * heads."""
+  """Return the default `(block_q, block_k)`.
+
+  `heads` counts the heads of every batch element that one tile covers.
+  """
   if window is not None and window[0] + window[1] < DEFAULT_BLOCKS[1]:
     return NARROW_WINDOW_BLOCKS
   block_q, block_k = CAUSAL_BLOCKS if is_causal else DEFAULT_BLOCKS
@@ -82,6 +86,7 @@ class _Prepared(NamedTuple):
   fold_scale: bool
   scale: float
   batch: tuple[int, ...]
+  batch_chunk: int  # batch elements per run of the tile loop
 
 
 def _to_rows(x: jax.Array, prepared: _Prepared, fill) -> jax.Array:
@@ -110,7 +115,7 @@ def _prepare(
     key_value_seq_lengths, local_window_size, query_offset,
     query_segment_ids, key_segment_ids, logits_soft_cap, score_mod,
     score_mod_params, mask_mod, dropout_rate, dropout_rng, deterministic,
-    block_q, block_k,
+    block_q, block_k, chunk_batch: bool = True,
 ) -> _Prepared:
   """Validate the arguments of `chunked_attention` and lay them out in blocks."""
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
@@ -140,8 +145,15 @@ def _prepare(
   # so rounding matches the reference path.
   fold_scale = jnp.dtype(query.dtype).itemsize >= 4
   flat_batch = int(np.prod(batch, dtype=np.int64))
+  chunk = flat_batch
+  # Hooks may close over arrays of the caller's trace, which the kernel's
+  # custom VJP cannot capture inside the loop over batch chunks.
+  if chunk_batch and score_mod is None and mask_mod is None:
+    chunk = _batch_chunks.batch_chunk(
+        flat_batch, num_heads, DEFAULT_BLOCKS[0] * DEFAULT_BLOCKS[1],
+        TILE_LOGITS)
   default_q, default_k = _default_blocks(window, bool(is_causal),
-                                         flat_batch * num_heads)
+                                         chunk * num_heads)
   if block_k is None:
     rows = min(default_q if block_q is None else block_q, query_length)
     block_k = max(default_k, default_q * default_k // max(rows, 1))
@@ -201,7 +213,8 @@ def _prepare(
 
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
-  return _Prepared(plan, q5, k4, v4, bias5, aux, fold_scale, scale, batch)
+  return _Prepared(plan, q5, k4, v4, bias5, aux, fold_scale, scale, batch,
+                   chunk)
 
 
 def chunked_attention(
@@ -277,9 +290,9 @@ def chunked_attention(
       score_mod_params=score_mod_params, mask_mod=mask_mod,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng,
       deterministic=deterministic, block_q=block_q, block_k=block_k)
-  out5, logsumexp = chunked_core(
-      prepared.plan, prepared.query, prepared.key, prepared.value,
-      prepared.bias, prepared.aux, score_mod_params)
+  out5, logsumexp = _batch_chunks.core_in_chunks(
+      prepared.plan, prepared.batch_chunk, prepared.query, prepared.key,
+      prepared.value, prepared.bias, prepared.aux, score_mod_params)
   out = _from_rows(out5, prepared)
   if not return_residual:
     return out
@@ -319,7 +332,8 @@ def chunked_attention_gradients(
       local_window_size=None, query_offset=None, query_segment_ids=None,
       key_segment_ids=None, logits_soft_cap=None, score_mod=None,
       score_mod_params=None, mask_mod=None, dropout_rate=0.0,
-      dropout_rng=None, deterministic=True, block_q=block_q, block_k=block_k)
+      dropout_rng=None, deterministic=True, block_q=block_q, block_k=block_k,
+      chunk_batch=False)
   residuals = (prepared.query, prepared.key, prepared.value, None,
                prepared.aux, None, _to_rows(jnp.asarray(out), prepared, 0),
                _to_rows(jnp.asarray(logsumexp), prepared, -jnp.inf))

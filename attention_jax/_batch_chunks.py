@@ -1,0 +1,72 @@
+"""Run the chunked kernel over a large batch a few elements at a time.
+
+A tile contains every head of every batch element it covers, so with a
+large batch it outgrows the CPU caches and each pass over it slows down. On
+a 2-core CPU, the forward pass over eight sequences of 2048 tokens (8 heads)
+took 449 ms one sequence at a time against 614 ms as one batch. Sequences
+are independent, so a loop over batch chunks gives the same result.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax._blocks import Plan
+from attention_jax._chunked_kernel import chunked_core
+
+# Aux entries with a leading batch axis; `dropout_seeds` has none.
+_PER_BATCH = ("mask", "offset", "query_lengths", "key_lengths",
+              "query_segments", "key_segments", "key_reachable")
+
+
+def batch_chunk(batch_size: int, num_heads: int, tile_area: int,
+                tile_logits: int) -> int:
+  """Return the largest divisor of `batch_size` whose tiles fit the budget.
+
+  A tile of `c` batch elements has `c * num_heads * tile_area` logits, where
+  `tile_area` is block_q * block_k. The result is at least 1.
+  """
+  largest = max(1, tile_logits // (num_heads * tile_area))
+  chunk = min(batch_size, largest)
+  while batch_size % chunk:
+    chunk -= 1
+  return chunk
+
+
+def core_in_chunks(plan: Plan, chunk: int, query, key, value, bias, aux,
+                   params):
+  """Return `chunked_core(...)` computed `chunk` batch elements at a time.
+
+  Arrays use the block layout (batch first). The kernel receives each chunk's
+  first global batch index in `aux["batch_start"]`, so `score_mod`,
+  `mask_mod` and dropout receive the same batch indices as in one call.
+  """
+  batch_size = query.shape[0]
+  if chunk >= batch_size:
+    return chunked_core(plan, query, key, value, bias, aux, params)
+  count = batch_size // chunk
+
+  def split(x):
+    return x.reshape(count, chunk, *x.shape[1:])
+
+  mapped = {"query": split(query), "key": split(key), "value": split(value),
+            "start": jnp.arange(count, dtype=jnp.int32) * chunk}
+  if bias is not None and bias.shape[0] == batch_size:
+    mapped["bias"] = split(bias)
+  for name in _PER_BATCH:
+    if name in aux and aux[name].shape[0] == batch_size:
+      mapped["aux_" + name] = split(aux[name])
+
+  def one_chunk(part):
+    part_aux = dict(aux)
+    for name in _PER_BATCH:
+      if "aux_" + name in part:
+        part_aux[name] = part["aux_" + name]
+    part_aux["batch_start"] = part["start"]
+    return chunked_core(plan, part["query"], part["key"], part["value"],
+                        part.get("bias", bias), part_aux, params)
+
+  out, logsumexp = jax.lax.map(one_chunk, mapped)
+  return (out.reshape(batch_size, *out.shape[2:]),
+          logsumexp.reshape(batch_size, *logsumexp.shape[2:]))
