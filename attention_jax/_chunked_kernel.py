@@ -17,6 +17,7 @@ is never copied; each tile transposes only its own block).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -106,6 +107,10 @@ def chunked_backward(plan: Plan, residuals, cotangents):
   """
   query, key, value, bias, aux, params, out, logsumexp = residuals
   d_out, d_logsumexp = cotangents
+  if plan.backward_blocks is not None:
+    block_q, block_k = plan.backward_blocks
+    plan = dataclasses.replace(plan, block_q=block_q, block_k=block_k,
+                               backward_blocks=None)
   batch_size = query.shape[0]
   d_out = d_out.astype(tiles.F32)
   # The row term of the softmax gradient, sum_v dO_tv O_tv, minus the
@@ -195,7 +200,10 @@ def chunked_backward(plan: Plan, residuals, cotangents):
           jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, tiles.F32), params))
   (dk, dv, dbias, dparams), dqs = jax.lax.scan(
       query_block, init, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
-  dq = jnp.moveaxis(dqs, 0, 3).reshape(query.shape)
+  dq = jnp.moveaxis(dqs, 0, 3).reshape(*query.shape[:3], -1, query.shape[-1])
+  # Backward query blocks may cover fewer padding rows than the forward's.
+  dq = jnp.pad(dq, ((0, 0),) * 3 + ((0, query.shape[3] - dq.shape[3]),
+                                    (0, 0)))
   if dbias is not None:
     dbias = dbias.astype(bias.dtype)
   aux_cotangents = jax.tree.map(lambda _: None, aux)

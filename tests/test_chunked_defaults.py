@@ -1,0 +1,61 @@
+"""Tests for the chunked path's default tile sizes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention_jax as aj
+from attention_jax import chunked
+
+
+def _prepare(query, key, value, **options):
+  arguments = dict(
+      scale=None, is_causal=False, query_seq_lengths=None,
+      key_value_seq_lengths=None, local_window_size=None, query_offset=None,
+      query_segment_ids=None, key_segment_ids=None, logits_soft_cap=None,
+      score_mod=None, score_mod_params=None, mask_mod=None, dropout_rate=0.0,
+      dropout_rng=None, deterministic=True, block_q=None, block_k=None)
+  arguments.update(options)
+  return chunked._prepare(query, key, value, None, None, **arguments)
+
+
+def _inputs(query_len, key_len, seed=0):
+  rng = np.random.default_rng(seed)
+  query = rng.standard_normal((1, query_len, 2, 8))
+  key = rng.standard_normal((1, key_len, 2, 8))
+  value = rng.standard_normal((1, key_len, 2, 8))
+  return (jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32),
+          jnp.asarray(value, jnp.float32))
+
+
+@pytest.mark.parametrize(
+    "query_len, key_len, options, expected",
+    [(1100, 700, {}, (512, 700)),
+     (2048, 2048, {}, (512, 1024)),
+     (1000, 2048, {}, None),
+     (2048, 2048, dict(is_causal=True), None),
+     (2048, 2048, dict(block_q=1024), None)],
+    ids=["odd-lengths", "square", "short-queries", "causal", "explicit"])
+def test_backward_blocks_default(query_len, key_len, options, expected):
+  prepared = _prepare(*_inputs(query_len, key_len), **options)
+
+  assert prepared.plan.backward_blocks == expected
+
+
+def test_backward_blocks_gradients_match_reference():
+  query, key, value = _inputs(1100, 700, seed=1)
+  cotangent = jax.random.normal(jax.random.key(2), query.shape)
+
+  def loss(implementation, query, key, value):
+    out = aj.dot_product_attention(query, key, value,
+                                   implementation=implementation)
+    return jnp.sum(out * cotangent)
+
+  expected = jax.grad(loss, (1, 2, 3))("reference", query, key, value)
+  actual = jax.jit(jax.grad(loss, (1, 2, 3)), static_argnums=0)(
+      "chunked", query, key, value)
+
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")
