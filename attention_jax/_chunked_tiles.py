@@ -151,7 +151,8 @@ def key_major(plan: Plan, x, batch_size: int):
   The backward pass works on transposed tiles (keys as rows), so that the
   key and value gradients are plain matrix products. On a 2-core Xeon, a
   `[8, 512, 512]` product that contracts over the rows of its left operand
-  ran at about half the speed of the plain one (measured, XLA 0.10).
+  ran at about half the speed of the plain one (measured with jaxlib
+  0.10.2).
   """
   x = jnp.moveaxis(x, 4, 2)
   full = (batch_size, plan.num_kv_heads, plan.block_k, plan.group_size,
