@@ -1,0 +1,149 @@
+"""Contenders: attention_jax's chunked and reference paths, jax.nn, tokamax and PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import attention_jax
+
+from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, REFERENCE, TOKAMAX, TORCH, Config, Inputs
+
+# A builder takes a Config and Inputs and returns two functions. The runner
+# takes no arguments, computes once and returns only after the result exists.
+# The converter turns that result into NumPy arrays laid out as [B, T, N, H].
+
+Runner = Callable[[], Any]
+Builder = Callable[[Config, Inputs], tuple[Runner, Callable[[Any], list[np.ndarray]]]]
+
+
+def jax_builder(attention: Callable[..., jax.Array]) -> Builder:
+    """Return a builder for a JAX attention function `attention(query, key, value, is_causal=...)`."""
+
+    def build(config: Config, inputs: Inputs):
+        query, key, value, cotangent = (jnp.asarray(array) for array in dataclasses.astuple(inputs))
+
+        def forward(query, key, value):
+            return attention(query, key, value, is_causal=config.is_causal)
+
+        if config.pass_name == FORWARD:
+            compiled = jax.jit(forward).lower(query, key, value).compile()
+            arguments = (query, key, value)
+        else:
+            def loss(query, key, value, cotangent):
+                return jnp.sum(forward(query, key, value) * cotangent)
+
+            gradients = jax.grad(loss, argnums=(0, 1, 2))
+            compiled = jax.jit(gradients).lower(query, key, value, cotangent).compile()
+            arguments = (query, key, value, cotangent)
+
+        def run():
+            return jax.block_until_ready(compiled(*arguments))
+
+        def to_numpy(result):
+            return [np.asarray(array) for array in jax.tree.leaves(result)]
+
+        return run, to_numpy
+
+    return build
+
+
+def attention_jax_chunked(query, key, value, *, is_causal):
+    return attention_jax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="chunked")
+
+
+def attention_jax_reference(query, key, value, *, is_causal):
+    return attention_jax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="reference")
+
+
+def jax_nn_xla(query, key, value, *, is_causal):
+    return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal, implementation="xla")
+
+
+def tokamax_builder() -> Builder:
+    import tokamax
+    from absl import flags
+
+    # tokamax 0.0.12 reads its options as absl flags and, when no absl app
+    # has parsed them, parses sys.argv itself, which rejects this script's
+    # options. Marking the flags as parsed keeps tokamax's defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+    def tokamax_xla_chunked(query, key, value, *, is_causal):
+        return tokamax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="xla_chunked")
+
+    return jax_builder(tokamax_xla_chunked)
+
+
+def torch_builder() -> Builder:
+    """Return a builder for torch.nn.functional.scaled_dot_product_attention on the CPU.
+
+    PyTorch takes [B, N, T, H], so the inputs are transposed and made
+    contiguous before timing. The forward pass runs under `torch.no_grad()`,
+    as a JAX forward pass keeps no residuals either. With T = S, PyTorch's
+    top-left causal alignment equals attention_jax's bottom-right one.
+    """
+    import torch
+
+    def build(config: Config, inputs: Inputs):
+        def to_torch(array: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
+            tensor = torch.from_numpy(array).transpose(1, 2).contiguous()
+            return tensor.requires_grad_(requires_grad)
+
+        needs_grad = config.pass_name == FORWARD_BACKWARD
+        query, key, value = (to_torch(array, needs_grad) for array in (inputs.query, inputs.key, inputs.value))
+        cotangent = to_torch(inputs.cotangent)
+        attention = torch.nn.functional.scaled_dot_product_attention
+
+        if config.pass_name == FORWARD:
+            def run():
+                with torch.no_grad():
+                    return (attention(query, key, value, is_causal=config.is_causal),)
+        else:
+            def run():
+                loss = torch.sum(attention(query, key, value, is_causal=config.is_causal) * cotangent)
+                return torch.autograd.grad(loss, (query, key, value))
+
+        def to_numpy(result):
+            return [tensor.detach().transpose(1, 2).numpy() for tensor in result]
+
+        return run, to_numpy
+
+    return build
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    build: Builder
+    builds_full_weights: bool = False
+
+
+def load_contenders(names: Sequence[str]) -> tuple[list[Contender], dict[str, str]]:
+    """Return the requested contenders whose packages import, and a reason for each one that is missing."""
+    contenders = []
+    missing = {}
+    for name in names:
+        if name == CHUNKED:
+            contenders.append(Contender(name, jax_builder(attention_jax_chunked)))
+        elif name == REFERENCE:
+            contenders.append(Contender(name, jax_builder(attention_jax_reference), builds_full_weights=True))
+        elif name == JAX_NN:
+            contenders.append(Contender(name, jax_builder(jax_nn_xla), builds_full_weights=True))
+        elif name == TOKAMAX:
+            try:
+                contenders.append(Contender(name, tokamax_builder()))
+            except ImportError as error:
+                missing[name] = f"tokamax does not import ({error}); install it with `pip install tokamax`"
+        elif name == TORCH:
+            try:
+                contenders.append(Contender(name, torch_builder()))
+            except ImportError as error:
+                missing[name] = f"torch does not import ({error}); install a CPU build of PyTorch"
+    return contenders, missing

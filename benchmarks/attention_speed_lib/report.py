@@ -1,0 +1,139 @@
+"""Reports of a comparison: text and Markdown tables, the README block and the plot."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from .configs import CHUNKED, CONTENDER_NAMES, FORWARD, FORWARD_BACKWARD, FORWARD_BACKWARD_FLOP_FACTOR, MATMUL_SIZE
+from .targets import format_target
+
+
+TABLE_HEADER = ("pass", "mask", "T=S", "contender", "time (ms)", "spread", "GFLOP/s", "of matmul",
+                "peer/chunked time", "max abs diff", "numerics")
+
+
+def table_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    mask = "causal" if row["is_causal"] else "non-causal"
+    config = (row["pass"], mask, str(row["length"]), row["contender"])
+    if row["status"] != "ok":
+        return config + (f"{row['status']}: {row['reason']}",) + ("",) * (len(TABLE_HEADER) - 5)
+    ratio = "" if row["ratio_to_chunked"] is None else f"{row['ratio_to_chunked']:.2f}"
+    difference = f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else ""
+    numerics = ""
+    if "numerics_ok" in row:
+        numerics = "ok" if row["numerics_ok"] else "MISMATCH"
+    return config + (f"{row['median_s'] * 1e3:.1f}", f"{row['spread']:.0%}", f"{row['gflops']:.1f}",
+                     f"{row['fraction_of_matmul']:.0%}", ratio, difference, numerics)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    cells = [TABLE_HEADER] + [table_cells(row) for row in rows]
+    widths = [max(len(line[column]) for line in cells if len(line[column]) < 40) for column in range(len(TABLE_HEADER))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+def describe_run(record: dict[str, Any]) -> list[str]:
+    machine = record["machine"]
+    versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["versions"].items())
+    shape = record["shape"]
+    return [
+        f"Command: `{record['command']}`",
+        f"Date (UTC): {record['date']}",
+        f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores, {machine['platform']}; "
+        f"load average {machine['load_average_at_start'][0]:.2f} at start, {record['load_average_at_end'][0]:.2f} at end",
+        f"Versions: {versions}; attention_jax at {machine['attention_jax_revision']}",
+        f"PyTorch threads: {record['torch_threads']}",
+        f"Shape: float32, B={shape['batch']}, N=K={shape['heads']}, H={shape['head_dim']}; "
+        f"median of {record['repeats']} timed calls after one untimed call",
+        f"Matmul rate (float32 {MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE}): JAX jitted "
+        f"{record['jax_matmul_gflops']:.0f} GFLOP/s (median over the run), NumPy {record['numpy_matmul_gflops']:.0f} GFLOP/s",
+        "FLOPs: forward 4*B*N*T*S*H, causal half of it, forward+backward "
+        f"{FORWARD_BACKWARD_FLOP_FACTOR} times the forward count",
+    ]
+
+
+def markdown_report(record: dict[str, Any], heading: str = "##") -> str:
+    """Format the run description, the table, the targets and the missing contenders as Markdown."""
+    lines = [f"- {line}" for line in describe_run(record)]
+    lines += ["", "`peer/chunked time` above 1 means attention_jax chunked is faster. `of matmul` divides GFLOP/s by "
+              "the JAX matmul rate measured between the same timed calls. `spread` is (slowest - fastest) / median "
+              "of the timed calls. `max abs diff` compares outputs (forward) or gradients with respect to query, "
+              "key and value (forward+backward) with chunked's.", ""]
+    lines += [markdown_table(record["rows"]), "", f"{heading} Targets", ""]
+    lines += [f"- {format_target(result)}" for result in record["targets"]]
+    if record["missing"]:
+        lines += ["", f"{heading} Missing contenders", ""]
+        lines += [f"- {name}: {reason}" for name, reason in record["missing"].items()]
+    return "\n".join(lines)
+
+
+# benchmarks/README.md, in the folder above this package.
+README_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def update_readme(block: str, text: str, path: str = README_PATH) -> None:
+    """Replace the text between the `<!-- BLOCK: begin -->` and `<!-- BLOCK: end -->` lines of the README."""
+    begin, end = f"<!-- {block}: begin -->", f"<!-- {block}: end -->"
+    with open(path, encoding="utf-8") as file:
+        content = file.read()
+    if begin not in content or end not in content:
+        sys.exit(f"{path} is missing the lines {begin} and {end} that enclose the results. Add them, or "
+                 "rerun without --update-readme.")
+    before = content[:content.index(begin) + len(begin)]
+    after = content[content.index(end):]
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(f"{before}\n{text}\n{after}")
+    print(f"Results copied into {path}")
+
+
+def write_plot(path: str, record: dict[str, Any]) -> bool:
+    """Draw GFLOP/s against length in one panel per pass and mask, and return False if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+
+    rows = [row for row in record["rows"] if row["status"] == "ok"]
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, constrained_layout=True)
+    for row_index, pass_name in enumerate((FORWARD, FORWARD_BACKWARD)):
+        for column_index, is_causal in enumerate((False, True)):
+            axis = axes[row_index][column_index]
+            panel = [row for row in rows if row["pass"] == pass_name and row["is_causal"] == is_causal]
+            for color, name in zip(plt.get_cmap("tab10").colors, CONTENDER_NAMES):
+                points = sorted((row["length"], row["gflops"]) for row in panel if row["contender"] == name)
+                if points:
+                    lengths, rates = zip(*points)
+                    axis.plot(lengths, rates, marker="o", color=color, label=name,
+                              linewidth=2.5 if name == CHUNKED else 1.5)
+            axis.axhline(record["jax_matmul_gflops"], color="gray", linestyle="--", label="JAX float32 matmul (median of the run)")
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(record["lengths"], [str(length) for length in record["lengths"]])
+            axis.set_ylim(bottom=0)
+            axis.grid(True, alpha=0.3)
+            axis.set_title(f"{pass_name}, {'causal' if is_causal else 'non-causal'}")
+            if row_index == 1:
+                axis.set_xlabel("sequence length T = S")
+            if column_index == 0:
+                axis.set_ylabel("GFLOP/s (causal counts half)")
+    handles = {}
+    for axis in axes.flat:
+        handles.update(zip(*reversed(axis.get_legend_handles_labels())))
+    figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3, fontsize=9)
+    machine = record["machine"]
+    figure.suptitle(f"float32 attention, B={record['shape']['batch']}, N={record['shape']['heads']}, "
+                    f"H={record['shape']['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)\n"
+                    f"FLOPs: forward 4*B*N*T*S*H, causal half, forward+backward {FORWARD_BACKWARD_FLOP_FACTOR}x forward")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

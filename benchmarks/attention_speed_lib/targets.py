@@ -1,0 +1,82 @@
+"""Speed targets of the chunked path, their evaluation on the rows of a run and their formatting."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, TOKAMAX, TORCH
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    description: str
+    minimum: float
+    unit: str  # "x" for a time ratio, "%" for a fraction of the matmul rate
+    measure: Callable[[dict], float | None]
+
+
+def find_row(rows_by_key: dict, pass_name: str, is_causal: bool, length: int, contender: str) -> dict | None:
+    row = rows_by_key.get((pass_name, is_causal, length, contender))
+    return row if row is not None and row["status"] == "ok" else None
+
+
+def peer_ratio(pass_name: str, is_causal: bool, length: int, peer: str) -> Callable[[dict], float | None]:
+    def measure(rows_by_key):
+        row = find_row(rows_by_key, pass_name, is_causal, length, peer)
+        return None if row is None else row["ratio_to_chunked"]
+    return measure
+
+
+def chunked_fraction(pass_name: str, is_causal: bool, length: int) -> Callable[[dict], float | None]:
+    def measure(rows_by_key):
+        row = find_row(rows_by_key, pass_name, is_causal, length, CHUNKED)
+        return None if row is None else row["fraction_of_matmul"]
+    return measure
+
+
+def causal_speedup(pass_name: str, length: int) -> Callable[[dict], float | None]:
+    def measure(rows_by_key):
+        full = find_row(rows_by_key, pass_name, False, length, CHUNKED)
+        causal = find_row(rows_by_key, pass_name, True, length, CHUNKED)
+        return None if full is None or causal is None else full["median_s"] / causal["median_s"]
+    return measure
+
+
+# Speed targets for the chunked implementation on a CPU. A ratio is the other
+# time divided by the chunked time, so above 1 means chunked is faster.
+TARGETS = (
+    Target("forward non-causal 4096: chunked vs torch sdpa", 1.5, "x", peer_ratio(FORWARD, False, 4096, TORCH)),
+    Target("forward non-causal 4096: chunked vs tokamax xla_chunked", 2.0, "x", peer_ratio(FORWARD, False, 4096, TOKAMAX)),
+    Target("forward non-causal 4096: chunked vs jax.nn xla", 4.0, "x", peer_ratio(FORWARD, False, 4096, JAX_NN)),
+    Target("forward non-causal 4096: chunked fraction of matmul rate", 0.55, "%", chunked_fraction(FORWARD, False, 4096)),
+    Target("forward 4096: chunked causal vs chunked non-causal", 1.8, "x", causal_speedup(FORWARD, 4096)),
+    Target("forward+backward non-causal 2048: chunked vs torch sdpa", 1.2, "x", peer_ratio(FORWARD_BACKWARD, False, 2048, TORCH)),
+    Target("forward+backward non-causal 2048: chunked vs jax.nn xla", 3.0, "x", peer_ratio(FORWARD_BACKWARD, False, 2048, JAX_NN)),
+)
+
+
+def evaluate_targets(rows: list[dict]) -> list[dict[str, Any]]:
+    rows_by_key = {(row["pass"], row["is_causal"], row["length"], row["contender"]): row for row in rows}
+    results = []
+    for target in TARGETS:
+        value = target.measure(rows_by_key)
+        results.append({
+            "target": target.description,
+            "minimum": target.minimum,
+            "unit": target.unit,
+            "measured": value,
+            "met": None if value is None else value >= target.minimum,
+        })
+    return results
+
+
+def format_target(result: dict[str, Any]) -> str:
+    def show(value):
+        return f"{value:.0%}" if result["unit"] == "%" else f"{value:.2f}x"
+
+    if result["measured"] is None:
+        return f"{result['target']}: not measured in this run (target >= {show(result['minimum'])})"
+    verdict = "met" if result["met"] else "not met"
+    return f"{result['target']}: {show(result['measured'])} (target >= {show(result['minimum'])}): {verdict}"
