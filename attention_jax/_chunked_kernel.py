@@ -58,15 +58,18 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
         shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
         probs = jnp.exp(logits - shift)
         correction = jnp.exp(row_max - shift)
-        total = total * correction + jnp.sum(probs, -1, keepdims=True)
+        # Low-precision weights are rounded once and the normalizer sums the
+        # rounded weights, so that the exp pass writes them directly.
+        rounded = probs.astype(value.dtype)
+        total = total * correction + jnp.sum(rounded, -1, keepdims=True,
+                                             dtype=tiles.F32)
         # Dropout acts on the normalized weights, so it scales only the
         # weighted sum, never the normalizer.
         dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
         if dropout is not None:
-          probs = probs * dropout
+          rounded = (probs * dropout).astype(value.dtype)
         acc = acc * correction + jnp.einsum(
-            "xrs,xsv->xrv", probs.astype(value.dtype), v_rows,
-            preferred_element_type=tiles.F32)
+            "xrs,xsv->xrv", rounded, v_rows, preferred_element_type=tiles.F32)
         return new_max, total, acc
 
       return tiles.visit_tile(plan, aux, q_start, k_start, first_new,

@@ -8,6 +8,7 @@ passes a dense `mask` or `bias` of that size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -67,6 +68,11 @@ def _default_blocks(window, is_causal: bool,
          and num_heads * block_q * block_k > TILE_LOGITS):
     block_q //= 2
   return block_q, block_k
+
+
+def _is_power_of_two(scale: float) -> bool:
+  mantissa, _ = math.frexp(scale)
+  return mantissa == 0.5
 
 
 def _block_size(name: str, value: int, length: int) -> int:
@@ -152,8 +158,10 @@ def _prepare(
                 else scale)
   # Scaling the [T, H] queries once is cheaper than scaling every [bq, bk]
   # tile. Low-precision queries keep the scale in the float32 tile instead,
-  # so rounding matches the reference path.
-  fold_scale = jnp.dtype(query.dtype).itemsize >= 4
+  # so rounding matches the reference path, unless the scale is a power of
+  # two (1/8 for H = 64), which scales them exactly.
+  fold_scale = (jnp.dtype(query.dtype).itemsize >= 4
+                or _is_power_of_two(scale))
   default_q, default_k = _default_blocks(window, bool(is_causal), num_heads)
   backward_blocks = None
   if (block_q is None and block_k is None
