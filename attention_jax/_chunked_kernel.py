@@ -126,7 +126,7 @@ def chunked_backward(plan: Plan, residuals, cotangents):
   def query_block(carry, block):
     q_start = block * plan.block_q
     q_rows = tiles.query_rows(plan, query, q_start)
-    do_rows = tiles.query_rows(plan, d_out, q_start)
+    do_low = tiles.query_rows(plan, d_out, q_start).astype(value.dtype)
     # Row terms become [B * K, 1, G * bq], broadcast along each key row.
     lse_row = jnp.swapaxes(tiles.query_rows(plan, safe_logsumexp, q_start),
                            1, 2)
@@ -156,14 +156,17 @@ def chunked_backward(plan: Plan, residuals, cotangents):
         if valid is not None:
           logits = jnp.where(valid, logits, -jnp.inf)
         probs = jnp.exp(logits - lse_row)
-        d_probs = jnp.einsum("xsv,xrv->xsr", v_rows.astype(tiles.F32),
-                             do_rows)
+        # Matrix products take their operands in the input dtypes and
+        # accumulate in float32, so low-precision inputs use the CPU's
+        # low-precision units (as the forward pass does).
+        d_probs = jnp.einsum("xsv,xrv->xsr", v_rows, do_low,
+                             preferred_element_type=tiles.F32)
         dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start,
                                       transposed=True)
-        if dropout is None:
-          dv_tile = jnp.einsum("xsr,xrv->xsv", probs, do_rows)
-        else:
-          dv_tile = jnp.einsum("xsr,xrv->xsv", probs * dropout, do_rows)
+        weights = probs if dropout is None else probs * dropout
+        dv_tile = jnp.einsum("xsr,xrv->xsv", weights.astype(value.dtype),
+                             do_low, preferred_element_type=tiles.F32)
+        if dropout is not None:
           d_probs = d_probs * dropout
         # With dropout D, sum_s P_s D_s (dO . v_s) is still dO . O.
         d_logits = probs * (d_probs - dot_row)
@@ -177,9 +180,10 @@ def chunked_backward(plan: Plan, residuals, cotangents):
               total.dtype), dparams, dparams_tile)
         if plan.scale != 1.0:
           d_logits = d_logits * jnp.asarray(plan.scale, tiles.F32)
-        dk_tile = jnp.einsum("xsr,xrh->xsh", d_logits, q_rows,
-                             preferred_element_type=tiles.F32)
-        dq_t = dq_t + jnp.einsum("xsh,xsr->xhr", k_rows, d_logits,
+        dk_tile = jnp.einsum("xsr,xrh->xsh", d_logits.astype(query.dtype),
+                             q_rows, preferred_element_type=tiles.F32)
+        dq_t = dq_t + jnp.einsum("xsh,xsr->xhr", k_rows,
+                                 d_logits.astype(key.dtype),
                                  preferred_element_type=tiles.F32)
         dk = tiles.add_key_rows(dk, dk_tile, k_start)
         dv = tiles.add_key_rows(dv, dv_tile, k_start)

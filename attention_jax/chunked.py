@@ -39,10 +39,10 @@ DEFAULT_BLOCKS = (1024, 512)
 CAUSAL_BLOCKS = (512, 512)
 NARROW_WINDOW_BLOCKS = (256, 256)
 # The backward pass of unmasked attention with the default (1024, 512)
-# tiles runs with (512, 1024) tiles instead: its transposed tiles then
-# have 1024 key rows, and forward+backward took 171 ms against 179 ms at
-# 2048 and 621 ms against 641 ms at 4096. Causal attention was faster
-# with its forward tiles.
+# tiles runs with (512, 1024) tiles instead, so its transposed tiles have
+# 1024 key rows. Forward+backward took 171 ms against 179 ms at 2048, and
+# 621 ms against 641 ms at 4096. Causal attention was faster with its
+# forward tiles.
 BACKWARD_BLOCKS = (512, 1024)
 # Query blocks shrink (down to 256) while a tile would contain more logits
 # than this, so that tiles of many heads stay near 16 MB in float32. With 64
@@ -53,7 +53,7 @@ SMALLEST_DEFAULT_BLOCK_Q = 256
 # A batch runs in chunks of sequences while the tiles of the whole batch
 # would contain more logits than this. Causal attention over eight
 # sequences of 512 tokens (8 heads) took 39 ms one sequence at a time, 47 ms
-# two at a time and 72 ms in one piece; without a mask, one and two at a
+# two at a time and 72 ms in one piece. Without a mask, one and two at a
 # time were equal. So this budget is smaller than TILE_LOGITS.
 BATCH_CHUNK_LOGITS = 8 * 512 * 512
 
