@@ -60,14 +60,14 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
         correction = jnp.exp(row_max - shift)
         # Low-precision weights are rounded once and the normalizer sums the
         # rounded weights, so that the exp pass writes them directly.
-        rounded = probs.astype(value.dtype)
+        rounded = tiles.round_to(probs, value.dtype)
         total = total * correction + jnp.sum(rounded, -1, keepdims=True,
                                              dtype=tiles.F32)
         # Dropout acts on the normalized weights, so it scales only the
         # weighted sum, never the normalizer.
         dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
         if dropout is not None:
-          rounded = (probs * dropout).astype(value.dtype)
+          rounded = tiles.round_to(probs * dropout, value.dtype)
         acc = acc * correction + jnp.einsum(
             "xrs,xsv->xrv", rounded, v_rows, preferred_element_type=tiles.F32)
         return new_max, total, acc
@@ -164,8 +164,9 @@ def chunked_backward(plan: Plan, residuals, cotangents):
         dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start,
                                       transposed=True)
         weights = probs if dropout is None else probs * dropout
-        dv_tile = jnp.einsum("xsr,xrv->xsv", weights.astype(value.dtype),
-                             do_low, preferred_element_type=tiles.F32)
+        weights = tiles.round_to(weights, value.dtype)
+        dv_tile = jnp.einsum("xsr,xrv->xsv", weights, do_low,
+                             preferred_element_type=tiles.F32)
         if dropout is not None:
           d_probs = d_probs * dropout
         # With dropout D, sum_s P_s D_s (dO . v_s) is still dO . O.
@@ -180,10 +181,11 @@ def chunked_backward(plan: Plan, residuals, cotangents):
               total.dtype), dparams, dparams_tile)
         if plan.scale != 1.0:
           d_logits = d_logits * jnp.asarray(plan.scale, tiles.F32)
-        dk_tile = jnp.einsum("xsr,xrh->xsh", d_logits.astype(query.dtype),
-                             q_rows, preferred_element_type=tiles.F32)
+        dk_tile = jnp.einsum("xsr,xrh->xsh",
+                             tiles.round_to(d_logits, query.dtype), q_rows,
+                             preferred_element_type=tiles.F32)
         dq_t = dq_t + jnp.einsum("xsh,xsr->xhr", k_rows,
-                                 d_logits.astype(key.dtype),
+                                 tiles.round_to(d_logits, key.dtype),
                                  preferred_element_type=tiles.F32)
         dk = tiles.add_key_rows(dk, dk_tile, k_start)
         dv = tiles.add_key_rows(dv, dv_tile, k_start)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import attention_jax as aj
+from attention_jax import _chunked_tiles
 
 # Relative to the largest gradient entry: the backward pass rounds the
 # weights and their gradients to the input dtype before each product.
@@ -46,3 +47,19 @@ def test_low_precision_gradients_match_float32(dtype, is_causal):
     np.testing.assert_allclose(
         np.asarray(got, np.float32), np.asarray(want), rtol=0,
         atol=RELATIVE[dtype] * scale, err_msg=f"gradient of argument {index}")
+
+
+def test_round_to_bfloat16_matches_astype():
+  rng = np.random.default_rng(4)
+  values = np.concatenate([
+      rng.standard_normal(10_000) * 10.0 ** rng.integers(-40, 38, 10_000),
+      [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45,
+       1.00390625, 1.01171875],  # the last two are halfway cases
+  ]).astype(np.float32)
+  x = jnp.asarray(values)
+
+  rounded = _chunked_tiles.round_to(x, jnp.bfloat16)
+
+  assert rounded.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(rounded, np.float32),
+                                np.asarray(x.astype(jnp.bfloat16), np.float32))
