@@ -1,18 +1,21 @@
 """Attention speed: attention_jax's chunked path against its reference path, jax.nn, tokamax and PyTorch.
 
-Every contender runs on the same float32 inputs (batch 1, 8 heads, head
+Every contender runs on the same random inputs (batch 1, 8 heads, head
 dimension 64 by default) for each sequence length, causal and non-causal,
-forward and forward+backward. Compilation happens before the timed region.
-Every timed call waits for its result: `block_until_ready` in JAX, and a
-plain call in PyTorch, which is synchronous on the CPU. The contenders take
-turns within each repeat so that drift of a shared machine hits all alike.
-A jitted float32 matrix multiply takes its turn with them, so each
-attention throughput is also given as a fraction of the matmul rate of the
-same moment.
+forward and forward+backward. The inputs are drawn in float32, and each
+contender casts them to `--dtype` (float32 by default, or bfloat16).
+Compilation happens before the timed region. Every timed call waits for
+its result: `block_until_ready` in JAX, and a plain call in PyTorch, which
+is synchronous on the CPU. The contenders take turns within each repeat so
+that drift of a shared machine hits all alike.
+A jitted matrix multiply in that dtype, with a float32 result, takes its
+turn with them, so each attention throughput is also given as a fraction of
+the matmul rate of the same moment.
 
     python benchmarks/attention_speed.py                  # lengths 1024 2048 4096
     python benchmarks/attention_speed.py --quick          # lengths 512 1024, under 2 minutes
     python benchmarks/attention_speed.py --lengths 8192   # other lengths
+    python benchmarks/attention_speed.py --dtype bfloat16 # bfloat16 inputs
     python benchmarks/attention_speed.py --long 131072    # peak memory of one long causal pass
 
 Results go to `--output-dir` as attention_speed.json, attention_speed.md and
@@ -35,14 +38,14 @@ from collections.abc import Sequence
 # Python puts the folder of a script it runs, benchmarks/, first on sys.path,
 # so the package next to this file imports by its plain name.
 from attention_speed_lib.configs import (
-    CONTENDER_KEYS, FORWARD, FORWARD_BACKWARD_FLOP_FACTOR, MATMUL_SIZE, TORCH, Config, make_inputs,
+    CONTENDER_KEYS, DTYPES, FORWARD, FORWARD_BACKWARD_FLOP_FACTOR, MATMUL_SIZE, TORCH, Config, make_inputs,
 )
 from attention_speed_lib.contenders import load_contenders
 from attention_speed_lib.long_sequence import long_markdown, run_long_child
 from attention_speed_lib.machine import command_line, machine_info, torch_threads
 from attention_speed_lib.report import describe_run, markdown_report, text_table, update_readme, write_plot
 from attention_speed_lib.targets import evaluate_targets, format_target
-from attention_speed_lib.timing import ATOL, RTOL, benchmark_group, config_groups, jax_matmul_runner, numpy_matmul_rate
+from attention_speed_lib.timing import TOLERANCES, benchmark_group, config_groups, jax_matmul_runner, numpy_matmul_rate
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 QUICK_LENGTHS = (512, 1024)
@@ -64,13 +67,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=8, help="number of heads N = K (default: 8)")
     parser.add_argument("--head-dim", type=int, default=64, help="head dimension H (default: 64)")
     parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32",
+        help="dtype that every contender casts the float32 random query, key, value and cotangent to, and of "
+             "the JAX matmul that 'of matmul' divides by (default: float32). Outputs and gradients are compared "
+             "in float32. --long and --update-readme accept only float32.",
+    )
+    parser.add_argument(
         "--contenders", nargs="+", choices=list(CONTENDER_KEYS), default=list(CONTENDER_KEYS), metavar="NAME",
         help=f"contenders to run (default: all of {' '.join(CONTENDER_KEYS)})",
     )
     parser.add_argument(
         "--max-materialized-gib", type=float, default=4.0,
-        help="skip a contender that builds [B, N, T, S] float32 arrays (reference, jax.nn xla) when their "
-             "estimated size exceeds this many GiB (default: 4)",
+        help="skip a contender that builds [B, N, T, S] arrays (reference, jax.nn xla, which build them in "
+             "float32 at either --dtype) when their estimated size exceeds this many GiB (default: 4)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     parser.add_argument("--output-dir", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results (default: benchmarks/results)")
@@ -82,7 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--update-readme", action="store_true",
         help="also copy the results into benchmarks/README.md, between its attention_speed (or, with --long, "
-             "attention_speed_long) begin and end marker lines",
+             "attention_speed_long) begin and end marker lines. Accepts only --dtype float32, because the "
+             "README tables are float32.",
     )
     parser.add_argument("--long-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -98,6 +108,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"{option} must be positive, but got {value}")
     if args.long is not None and args.long < 1:
         parser.error(f"--long must be positive, but got {args.long}")
+    if args.long is not None and args.dtype != "float32":
+        parser.error(f"--long supports only float32, but got --dtype {args.dtype}. Remove --dtype or --long.")
+    if args.update_readme and args.dtype != "float32":
+        parser.error(f"--update-readme copies results into the float32 table of benchmarks/README.md, so it "
+                     f"requires --dtype float32, but got --dtype {args.dtype}. Remove --update-readme; the "
+                     "results are still written to --output-dir.")
     if "chunked" not in args.contenders:
         parser.error("--contenders must include chunked, the baseline of every ratio and numerics check")
     args.contenders = [CONTENDER_KEYS[key] for key in dict.fromkeys(args.contenders)]
@@ -109,7 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_long(args: argparse.Namespace) -> None:
-    config = Config(args.long, True, FORWARD, args.batch, args.heads, args.head_dim)
+    config = Config(args.long, True, FORWARD, args.batch, args.heads, args.head_dim, "float32")
     command = [sys.executable, os.path.abspath(__file__), "--long-child", str(args.long), "--batch", str(args.batch),
                "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--seed", str(args.seed)]
     print(f"Running one chunked causal forward pass at T=S={args.long} in a child process ...", flush=True)
@@ -163,9 +179,13 @@ def run_comparison(args: argparse.Namespace) -> None:
     contenders, missing = load_contenders(args.contenders)
     for name, reason in missing.items():
         print(f"{name}: missing: {reason}", flush=True)
-    print(f"Measuring the NumPy and JAX float32 matmul rates ({MATMUL_SIZE}x{MATMUL_SIZE}) ...", flush=True)
+    if args.dtype == "float32":
+        matmul_dtypes = "NumPy and JAX float32"
+    else:
+        matmul_dtypes = f"NumPy float32 and JAX {args.dtype}"
+    print(f"Measuring the {matmul_dtypes} matmul rates ({MATMUL_SIZE}x{MATMUL_SIZE}) ...", flush=True)
     numpy_rate = numpy_matmul_rate()
-    matmul = jax_matmul_runner()
+    matmul = jax_matmul_runner(args.dtype)
 
     rows = []
     groups = config_groups(args)
@@ -187,17 +207,19 @@ def run_comparison(args: argparse.Namespace) -> None:
         "load_average_at_end": os.getloadavg(),
         "torch_threads": torch_threads() if TORCH in args.contenders else None,
         "shape": {"batch": args.batch, "heads": args.heads, "head_dim": args.head_dim},
+        "dtype": args.dtype,
         "lengths": args.lengths,
         "repeats": args.repeats,
         "flop_convention": {"forward": "4*B*N*T*S*H", "causal": "half of the forward count",
                             "forward_backward_factor": FORWARD_BACKWARD_FLOP_FACTOR},
-        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "tolerance": TOLERANCES[args.dtype],
         "numpy_matmul_gflops": numpy_rate / 1e9,
         "jax_matmul_gflops": statistics.median(matmul_rates) if matmul_rates else float("nan"),
         "missing": missing,
         "rows": rows,
     }
-    record["targets"] = evaluate_targets(rows)
+    # The speed targets were set for float32, against the float32 matmul rate.
+    record["targets"] = evaluate_targets(rows) if args.dtype == "float32" else []
 
     print()
     for line in describe_run(record):
@@ -205,9 +227,12 @@ def run_comparison(args: argparse.Namespace) -> None:
     print()
     print(text_table(rows))
     print()
-    print("Targets (peer/chunked time above 1 means chunked is faster):")
-    for result in record["targets"]:
-        print(f"  {format_target(result)}")
+    if record["targets"]:
+        print("Targets (peer/chunked time above 1 means chunked is faster):")
+        for result in record["targets"]:
+            print(f"  {format_target(result)}")
+    else:
+        print(f"Targets: not evaluated, because they are set for float32 and this run is {args.dtype}.")
     for name, reason in missing.items():
         print(f"Missing: {name}: {reason}")
 

@@ -11,7 +11,7 @@ REFERENCE = "attention_jax reference"
 JAX_NN = "jax.nn xla"
 TOKAMAX = "tokamax xla_chunked"
 TORCH = "torch sdpa"
-MATMUL = "float32 matmul"
+MATMUL = "JAX matmul"
 CONTENDER_NAMES = (CHUNKED, REFERENCE, JAX_NN, TOKAMAX, TORCH)
 CONTENDER_KEYS = {"chunked": CHUNKED, "reference": REFERENCE, "jax-nn": JAX_NN, "tokamax": TOKAMAX, "torch": TORCH}
 
@@ -29,6 +29,10 @@ FORWARD_BACKWARD_FLOP_FACTOR = 2.5
 
 MATMUL_SIZE = 2048
 
+# Choices of --dtype, spelled as jnp.dtype accepts them. Every contender casts
+# the float32 inputs to the chosen dtype itself.
+DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -38,6 +42,7 @@ class Config:
     batch: int
     heads: int
     head_dim: int
+    dtype: str  # one of DTYPES
 
     @property
     def label(self) -> str:
@@ -56,7 +61,10 @@ class Config:
 
         The estimate counts two such arrays in the forward pass (logits and
         weights) and four in forward+backward. It is a rule of thumb, not a
-        measurement of XLA's buffer assignment.
+        measurement of XLA's buffer assignment. It counts 4 bytes per element
+        for bfloat16 inputs too, because both contenders that build these
+        arrays, attention_jax's reference path and jax.nn's xla path (jax
+        0.10.2), compute logits and softmax in float32.
         """
         one_array = 4 * self.batch * self.heads * self.length * self.length
         return one_array * (4 if self.pass_name == FORWARD_BACKWARD else 2)
@@ -64,7 +72,10 @@ class Config:
 
 @dataclasses.dataclass
 class Inputs:
-    """Random float32 query, key, value and output cotangent, all [B, T, N, H] with T = S."""
+    """Random float32 query, key, value and output cotangent, all [B, T, N, H] with T = S.
+
+    Each contender casts them to the dtype of its Config.
+    """
 
     query: np.ndarray
     key: np.ndarray

@@ -16,7 +16,8 @@ from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, REFERENCE, TOKA
 
 # A builder takes a Config and Inputs and returns two functions. The runner
 # takes no arguments, computes once and returns only after the result exists.
-# The converter turns that result into NumPy arrays laid out as [B, T, N, H].
+# The converter turns that result into float32 NumPy arrays laid out as
+# [B, T, N, H], whatever the dtype of the run.
 
 Runner = Callable[[], Any]
 Builder = Callable[[Config, Inputs], tuple[Runner, Callable[[Any], list[np.ndarray]]]]
@@ -26,7 +27,8 @@ def jax_builder(attention: Callable[..., jax.Array]) -> Builder:
     """Return a builder for a JAX attention function `attention(query, key, value, is_causal=...)`."""
 
     def build(config: Config, inputs: Inputs):
-        query, key, value, cotangent = (jnp.asarray(array) for array in dataclasses.astuple(inputs))
+        dtype = jnp.dtype(config.dtype)
+        query, key, value, cotangent = (jnp.asarray(array).astype(dtype) for array in dataclasses.astuple(inputs))
 
         def forward(query, key, value):
             return attention(query, key, value, is_causal=config.is_causal)
@@ -46,7 +48,7 @@ def jax_builder(attention: Callable[..., jax.Array]) -> Builder:
             return jax.block_until_ready(compiled(*arguments))
 
         def to_numpy(result):
-            return [np.asarray(array) for array in jax.tree.leaves(result)]
+            return [np.asarray(array).astype(np.float32, copy=False) for array in jax.tree.leaves(result)]
 
         return run, to_numpy
 
@@ -84,16 +86,19 @@ def tokamax_builder() -> Builder:
 def torch_builder() -> Builder:
     """Return a builder for torch.nn.functional.scaled_dot_product_attention on the CPU.
 
-    PyTorch takes [B, N, T, H], so the inputs are transposed and made
-    contiguous before timing. The forward pass runs under `torch.no_grad()`,
-    as a JAX forward pass keeps no residuals either. With T = S, PyTorch's
+    PyTorch takes [B, N, T, H], so the inputs are cast to the run's dtype,
+    transposed and made contiguous before timing. The forward pass runs
+    under `torch.no_grad()`, as a JAX forward pass keeps no residuals
+    either. With T = S, PyTorch's
     top-left causal alignment equals attention_jax's bottom-right one.
     """
     import torch
 
     def build(config: Config, inputs: Inputs):
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+
         def to_torch(array: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
-            tensor = torch.from_numpy(array).transpose(1, 2).contiguous()
+            tensor = torch.from_numpy(array).to(dtype).transpose(1, 2).contiguous()
             return tensor.requires_grad_(requires_grad)
 
         needs_grad = config.pass_name == FORWARD_BACKWARD
@@ -111,7 +116,7 @@ def torch_builder() -> Builder:
                 return torch.autograd.grad(loss, (query, key, value))
 
         def to_numpy(result):
-            return [tensor.detach().transpose(1, 2).numpy() for tensor in result]
+            return [tensor.detach().transpose(1, 2).to(torch.float32).numpy() for tensor in result]
 
         return run, to_numpy
 

@@ -41,6 +41,17 @@ def text_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def matmul_description(record: dict[str, Any]) -> str:
+    """Format the JAX and NumPy matmul rates of a run, with the dtypes they were measured in, as one line."""
+    size = f"{MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE}"
+    jax_rate = f"{record['jax_matmul_gflops']:.0f} GFLOP/s (median over the run)"
+    numpy_rate = f"{record['numpy_matmul_gflops']:.0f} GFLOP/s"
+    if record["dtype"] == "float32":
+        return f"Matmul rate (float32 {size}): JAX jitted {jax_rate}, NumPy {numpy_rate}"
+    return (f"Matmul rate ({size}): JAX jitted, {record['dtype']} inputs and float32 result, {jax_rate}; "
+            f"NumPy, float32 because NumPy has no {record['dtype']}, {numpy_rate}")
+
+
 def describe_run(record: dict[str, Any]) -> list[str]:
     machine = record["machine"]
     versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in machine["versions"].items())
@@ -52,10 +63,9 @@ def describe_run(record: dict[str, Any]) -> list[str]:
         f"load average {machine['load_average_at_start'][0]:.2f} at start, {record['load_average_at_end'][0]:.2f} at end",
         f"Versions: {versions}; attention_jax at {machine['attention_jax_revision']}",
         f"PyTorch threads: {record['torch_threads']}",
-        f"Shape: float32, B={shape['batch']}, N=K={shape['heads']}, H={shape['head_dim']}; "
+        f"Shape: {record['dtype']}, B={shape['batch']}, N=K={shape['heads']}, H={shape['head_dim']}; "
         f"median of {record['repeats']} timed calls after one untimed call",
-        f"Matmul rate (float32 {MATMUL_SIZE}x{MATMUL_SIZE} @ {MATMUL_SIZE}x{MATMUL_SIZE}): JAX jitted "
-        f"{record['jax_matmul_gflops']:.0f} GFLOP/s (median over the run), NumPy {record['numpy_matmul_gflops']:.0f} GFLOP/s",
+        matmul_description(record),
         "FLOPs: forward 4*B*N*T*S*H, causal half of it, forward+backward "
         f"{FORWARD_BACKWARD_FLOP_FACTOR} times the forward count",
     ]
@@ -68,8 +78,10 @@ def markdown_report(record: dict[str, Any], heading: str = "##") -> str:
               "the JAX matmul rate measured between the same timed calls. `spread` is (slowest - fastest) / median "
               "of the timed calls. `max abs diff` compares outputs (forward) or gradients with respect to query, "
               "key and value (forward+backward) with chunked's.", ""]
-    lines += [markdown_table(record["rows"]), "", f"{heading} Targets", ""]
-    lines += [f"- {format_target(result)}" for result in record["targets"]]
+    lines += [markdown_table(record["rows"])]
+    if record["targets"]:
+        lines += ["", f"{heading} Targets", ""]
+        lines += [f"- {format_target(result)}" for result in record["targets"]]
     if record["missing"]:
         lines += ["", f"{heading} Missing contenders", ""]
         lines += [f"- {name}: {reason}" for name, reason in record["missing"].items()]
@@ -105,6 +117,9 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
         return False
 
     rows = [row for row in record["rows"] if row["status"] == "ok"]
+    matmul_label = f"JAX {record['dtype']} matmul (median of the run)"
+    if record["dtype"] != "float32":
+        matmul_label = f"JAX {record['dtype']} matmul, float32 result (median of the run)"
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, constrained_layout=True)
     for row_index, pass_name in enumerate((FORWARD, FORWARD_BACKWARD)):
         for column_index, is_causal in enumerate((False, True)):
@@ -116,7 +131,7 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
                     lengths, rates = zip(*points)
                     axis.plot(lengths, rates, marker="o", color=color, label=name,
                               linewidth=2.5 if name == CHUNKED else 1.5)
-            axis.axhline(record["jax_matmul_gflops"], color="gray", linestyle="--", label="JAX float32 matmul (median of the run)")
+            axis.axhline(record["jax_matmul_gflops"], color="gray", linestyle="--", label=matmul_label)
             axis.set_xscale("log", base=2)
             axis.set_xticks(record["lengths"], [str(length) for length in record["lengths"]])
             axis.set_ylim(bottom=0)
@@ -131,7 +146,7 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
         handles.update(zip(*reversed(axis.get_legend_handles_labels())))
     figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3, fontsize=9)
     machine = record["machine"]
-    figure.suptitle(f"float32 attention, B={record['shape']['batch']}, N={record['shape']['heads']}, "
+    figure.suptitle(f"{record['dtype']} attention, B={record['shape']['batch']}, N={record['shape']['heads']}, "
                     f"H={record['shape']['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)\n"
                     f"FLOPs: forward 4*B*N*T*S*H, causal half, forward+backward {FORWARD_BACKWARD_FLOP_FACTOR}x forward")
     figure.savefig(path, dpi=100)

@@ -15,18 +15,29 @@ from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, MATMUL, MATMUL_SIZE, Co
 from .contenders import Contender, Runner
 
 # Outputs and gradients must agree with the chunked contender's within
-# ATOL + RTOL * max|chunked|. The float32 contenders, which sum in different
-# orders, differed from chunked by at most 4e-6 at lengths 512 to 4096 in
-# runs of this script on a 2-core x86-64 CPU.
-ATOL = 1e-5
-RTOL = 1e-4
+# atol + rtol * max|chunked|, with the atol and rtol of the run's dtype. The
+# float32 contenders, which sum in different orders, differed from chunked by
+# at most 4e-6 at lengths 512 to 4096 in runs of this script on a 2-core
+# x86-64 CPU. In bfloat16 the contenders also round intermediate results at
+# different steps, and one bfloat16 rounding alone is off by up to 2**-8
+# (0.4%) relative. In one `--quick --dtype bfloat16` run on that CPU they
+# differed from chunked by at most 3.1e-2 (torch sdpa's causal gradients).
+TOLERANCES = {
+    "float32": {"atol": 1e-5, "rtol": 1e-4},
+    "bfloat16": {"atol": 1e-2, "rtol": 2e-2},
+}
 
 
-def jax_matmul_runner(size: int = MATMUL_SIZE) -> Runner:
+def jax_matmul_runner(dtype: str, size: int = MATMUL_SIZE) -> Runner:
+    """Return a runner of one jitted matmul of two `dtype` matrices with a float32 result."""
     rng = np.random.default_rng(1)
-    left = jnp.asarray(rng.standard_normal((size, size), dtype=np.float32))
-    right = jnp.asarray(rng.standard_normal((size, size), dtype=np.float32))
-    compiled = jax.jit(jnp.matmul).lower(left, right).compile()
+    left = jnp.asarray(rng.standard_normal((size, size), dtype=np.float32)).astype(dtype)
+    right = jnp.asarray(rng.standard_normal((size, size), dtype=np.float32)).astype(dtype)
+
+    def matmul(left, right):
+        return jnp.matmul(left, right, preferred_element_type=jnp.float32)
+
+    compiled = jax.jit(matmul).lower(left, right).compile()
     compiled(left, right).block_until_ready()
     return lambda: compiled(left, right).block_until_ready()
 
@@ -45,11 +56,15 @@ def numpy_matmul_rate(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(seconds)
 
 
-def max_abs_difference(arrays: list[np.ndarray], baseline: list[np.ndarray]) -> tuple[float, bool]:
-    """Return the largest |array - baseline| over all pairs and whether it is within ATOL + RTOL * max|baseline|."""
+def max_abs_difference(arrays: list[np.ndarray], baseline: list[np.ndarray], dtype: str) -> tuple[float, bool]:
+    """Return the largest |array - baseline| over all pairs and whether it is within atol + rtol * max|baseline|.
+
+    The atol and rtol are those of `dtype` in TOLERANCES.
+    """
+    tolerance = TOLERANCES[dtype]
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(arrays, baseline, strict=True))
     scale = max(float(np.max(np.abs(b))) for b in baseline)
-    return difference, difference <= ATOL + RTOL * scale
+    return difference, difference <= tolerance["atol"] + tolerance["rtol"] * scale
 
 
 def prepare_runner(config: Config, contender: Contender, inputs: Inputs,
@@ -132,7 +147,7 @@ def benchmark_group(configs: list[Config], contenders: list[Contender], inputs: 
             "ratio_to_chunked": median / statistics.median(chunked) if chunked else None,
         })
         if (config, CHUNKED) in outputs:
-            difference, within = max_abs_difference(outputs[(config, name)], outputs[(config, CHUNKED)])
+            difference, within = max_abs_difference(outputs[(config, name)], outputs[(config, CHUNKED)], config.dtype)
             row["max_abs_diff"] = difference
             row["numerics_ok"] = within
     return list(rows.values())
@@ -141,7 +156,8 @@ def benchmark_group(configs: list[Config], contenders: list[Contender], inputs: 
 def config_groups(args: argparse.Namespace) -> list[list[Config]]:
     """Return the configurations to run, grouped by length and pass, each group non-causal then causal."""
     return [
-        [Config(length, is_causal, pass_name, args.batch, args.heads, args.head_dim) for is_causal in (False, True)]
+        [Config(length, is_causal, pass_name, args.batch, args.heads, args.head_dim, args.dtype)
+         for is_causal in (False, True)]
         for length in args.lengths
         for pass_name in (FORWARD, FORWARD_BACKWARD)
     ]
