@@ -13,7 +13,7 @@ turn with them, so each attention throughput is also given as a fraction of
 the matmul rate of the same moment.
 
     python benchmarks/attention_speed.py                  # lengths 1024 2048 4096
-    python benchmarks/attention_speed.py --quick          # lengths 512 1024, under 2 minutes
+    python benchmarks/attention_speed.py --quick          # lengths 512 1024, about 25 s on 2 idle cores
     python benchmarks/attention_speed.py --lengths 8192   # other lengths
     python benchmarks/attention_speed.py --dtype bfloat16 # bfloat16 inputs
     python benchmarks/attention_speed.py --long 131072    # peak memory of one long causal pass
@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"sequence lengths T = S to compare (default: {' '.join(map(str, DEFAULT_LENGTHS))})",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender and configuration (default: 5, or 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help=f"lengths {' '.join(map(str, QUICK_LENGTHS))} and 3 repeats, under 2 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help=f"lengths {' '.join(map(str, QUICK_LENGTHS))} and 3 repeats, about 25 s on 2 idle cores")
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default: 1)")
     parser.add_argument("--heads", type=int, default=8, help="number of heads N = K (default: 8)")
     parser.add_argument("--head-dim", type=int, default=64, help="head dimension H (default: 64)")
