@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from attention_jax._blocks import Plan
 from attention_jax._chunked_kernel import chunked_core
 
-# Aux entries with a leading batch axis; `dropout_seeds` has none.
+# Aux entries with a leading batch axis. `dropout_seeds` has none.
 _PER_BATCH = ("mask", "offset", "query_lengths", "key_lengths",
               "query_segments", "key_segments", "key_reachable")
 

@@ -43,7 +43,7 @@ class Plan:
   has_offset: bool
   dropout_rate: float = 0.0
   # (block_q, block_k) of the backward pass when it differs from the
-  # forward pass; block_q is at most the forward pass's.
+  # forward pass. Its block_q is at most the forward pass's.
   backward_blocks: tuple[int, int] | None = None
 
   @property

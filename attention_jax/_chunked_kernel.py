@@ -58,8 +58,9 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
         shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
         probs = jnp.exp(logits - shift)
         correction = jnp.exp(row_max - shift)
-        # Low-precision weights are rounded once and the normalizer sums the
-        # rounded weights, so that the exp pass writes them directly.
+        # Low-precision weights are rounded once, in the exp pass. The running
+        # sum adds those rounded weights in float32, so each output is
+        # normalized by the sum of the weights it actually used.
         rounded = tiles.round_to(probs, value.dtype)
         total = total * correction + jnp.sum(rounded, -1, keepdims=True,
                                              dtype=tiles.F32)

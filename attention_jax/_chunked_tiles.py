@@ -276,7 +276,7 @@ def tile_bounds(plan: Plan, aux: dict, q_start, k_start, first_new):
   and per-batch scalars, so whether a tile has any or only visible entries
   follows from its corners without building the `[bq, bk]` mask. `some` may
   be True for a tile that is empty for every batch element, which only
-  costs time; `every` is True only when every entry is visible.
+  costs time. `every` is True only when every entry is visible.
   """
   q_first, q_last = q_start, q_start + plan.block_q - 1
   k_first, k_last = k_start, k_start + plan.block_k - 1
@@ -317,7 +317,7 @@ def visit_tile(plan: Plan, aux: dict, q_start, k_start, first_new, mask,
 
   `update(carry, mask)` takes the mask, or None when every entry is
   visible; interior tiles of a causal or window mask then need no `where`.
-  Segment ids, dense masks and `mask_mod` are reduced over the tile; the
+  Segment ids, dense masks and `mask_mod` are reduced over the tile. The
   other mask parts are decided from the tile's corners.
   """
   if mask is None:

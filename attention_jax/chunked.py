@@ -49,7 +49,7 @@ BACKWARD_BLOCKS = (512, 1024)
 # heads in one tile, 256 to 1024 queries timed the same. A large batch is
 # instead split into chunks that run one after another (`_batch_chunks`).
 TILE_LOGITS = 8 * 1024 * 512
-SMALLEST_DEFAULT_BLOCK_Q = 256
+MIN_DEFAULT_BLOCK_Q = 256
 # A batch runs in chunks of sequences while the tiles of the whole batch
 # would contain more logits than this. Causal attention over eight
 # sequences of 512 tokens (8 heads) took 39 ms one sequence at a time, 47 ms
@@ -64,7 +64,7 @@ def _default_blocks(window, is_causal: bool,
   if window is not None and window[0] + window[1] < DEFAULT_BLOCKS[1]:
     return NARROW_WINDOW_BLOCKS
   block_q, block_k = CAUSAL_BLOCKS if is_causal else DEFAULT_BLOCKS
-  while (block_q > SMALLEST_DEFAULT_BLOCK_Q
+  while (block_q > MIN_DEFAULT_BLOCK_Q
          and num_heads * block_q * block_k > TILE_LOGITS):
     block_q //= 2
   return block_q, block_k
