@@ -6,8 +6,9 @@ forward and forward+backward. The inputs are drawn in float32, and each
 contender casts them to `--dtype` (float32 by default, or bfloat16).
 Compilation happens before the timed region. Every timed call waits for
 its result: `block_until_ready` in JAX, and a plain call in PyTorch, which
-is synchronous on the CPU. The contenders take turns within each repeat so
-that drift of a shared machine hits all alike.
+is synchronous on the CPU. The contenders take turns within each repeat, in
+a new random order each time, so that drift of a shared machine hits all
+alike, and each call starts once the process is idle.
 A jitted matrix multiply in that dtype, with a float32 result, takes its
 turn with them, so each attention throughput is also given as a fraction of
 the matmul rate of the same moment.

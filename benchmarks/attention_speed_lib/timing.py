@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from typing import Any
@@ -94,16 +95,38 @@ def prepare_runner(config: Config, contender: Contender, inputs: Inputs,
     return row, run, result
 
 
-def time_in_turns(runners: dict[Any, Runner], repeats: int) -> dict[Any, list[float]]:
+def wait_until_idle(window_s: float = 0.02, busy_fraction: float = 0.05, limit_s: float = 2.0) -> float:
+    """Sleep until this process uses less than `busy_fraction` of one core over `window_s`; return the seconds waited.
+
+    A call can leave work running after it returns: JAX frees a large
+    computation's buffers on another thread (about 0.1 s of system time after
+    a 4096-token `jax.nn` pass), and PyTorch's OpenMP threads spin before they
+    sleep. Without this wait that work slowed the next contender's call by up
+    to a third on a 2-core CPU. Gives up after `limit_s`.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        cpu = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - cpu < busy_fraction * window_s:
+            break
+    return time.perf_counter() - start
+
+
+def time_in_turns(runners: dict[Any, Runner], repeats: int, seed: int = 0) -> dict[Any, list[float]]:
     """Call every runner once per repeat and return the seconds of each call.
 
-    Each repeat rotates the order, so no runner always follows the same one.
+    Each repeat calls the runners in a new random order (seeded), so no
+    runner always follows the same one, and each call starts once the
+    process is idle (`wait_until_idle`).
     """
     order = list(runners)
+    shuffler = random.Random(seed)
     seconds: dict[Any, list[float]] = {name: [] for name in order}
-    for repeat in range(repeats):
-        shift = repeat % len(order)
-        for name in order[shift:] + order[:shift]:
+    for _ in range(repeats):
+        shuffler.shuffle(order)
+        for name in order:
+            wait_until_idle()
             start = time.perf_counter()
             runners[name]()
             seconds[name].append(time.perf_counter() - start)
