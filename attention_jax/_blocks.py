@@ -1,11 +1,15 @@
 """Block layout for the chunked implementation.
 
 Inside the chunked path every array uses a flat batch axis and splits the
-query heads into key/value groups: query `[B, K, G, T, H]`, key
-`[B, S, K, H]`, value `[B, S, K, H_v]`, with `N = K * G`. Masks and biases
-become `[B or 1, K or 1, G or 1, T or 1, S or 1]`, so that a bias shared
-across the batch or heads is never copied. The T axis is padded to whole
-blocks; the S axis is not (the last key block is shifted instead).
+query heads into key/value groups: query `[B, T, N, H]`, key
+`[B, S, K, H]`, value `[B, S, K, H_v]`, with `N = K * G` (head `n` is
+group member `n % G` of key/value head `n // G`). These are views of the
+caller's `[B..., T, N, H]` arrays, so no copy is made; each tile transposes
+only its own block. The output and log-sum-exp use the query's
+layout. Masks and biases become `[B or 1, K or 1, G or 1, T or 1, S or 1]`,
+so that a bias shared across the batch or heads is never copied. The T axis
+is padded to whole blocks (a copy only when T is not a multiple of the
+block); the S axis is not (the last key block is shifted instead).
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Plan:
   # (block_q, block_k) of the backward pass when it differs from the
   # forward pass. Its block_q is at most the forward pass's.
   backward_blocks: tuple[int, int] | None = None
+  # Factor applied to each query block as it is sliced, in the query dtype
+  # (the softmax scale when that is exact there, else 1). The query
+  # gradient includes it.
+  query_scale: float = 1.0
 
   @property
   def num_q_blocks(self) -> int:

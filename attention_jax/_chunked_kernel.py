@@ -10,9 +10,10 @@ so memory grows linearly in T and S.
 Tiles that the causal, window, length or key-range bounds exclude are never
 visited. Tiles inside the range whose mask is all False (segments, dense
 masks, `mask_mod`) are skipped with `lax.cond`. Arrays use the layout of
-`_blocks`: query `[B, K, G, T, H]`, key `[B, S, K, H]`, value
-`[B, S, K, H_v]` (keys keep the caller's layout, so a long key/value cache
-is never copied; each tile transposes only its own block).
+`_blocks`: query `[B, T, N, H]`, key `[B, S, K, H]`, value
+`[B, S, K, H_v]`, all views of the caller's arrays, so a long query or
+key/value cache is never copied; each tile transposes only its own block.
+The output is written block by block into the query's layout.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
   rows = plan.group_size * plan.block_q
   flat = batch_size * plan.num_kv_heads
 
-  def query_block(block):
+  def query_block(block, outputs):
     q_start = block * plan.block_q
-    q_rows = tiles.query_rows(plan, query, q_start)
+    q_rows = tiles.scaled_query_rows(plan, query, q_start)
 
     def visit(k_block_index, carry):
       k_start, first_new = tiles.key_start(plan, k_block_index)
@@ -85,17 +86,15 @@ def _forward(plan: Plan, query, key, value, bias, aux, params):
     safe_total = jnp.where(seen, total, 1.0)
     out = acc / safe_total
     logsumexp = jnp.where(seen, row_max + jnp.log(safe_total), -jnp.inf)
-    return (tiles.as_tile5(plan, out).astype(value.dtype),
-            tiles.as_tile5(plan, logsumexp)[..., 0])
+    out_buffer, logsumexp_buffer = outputs
+    return (tiles.put_query_rows(plan, out_buffer, out, q_start),
+            tiles.put_query_rows(plan, logsumexp_buffer, logsumexp, q_start))
 
-  outs, logsumexps = jax.lax.map(
-      query_block, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
-  # [num_q_blocks, B, K, G, bq, ...] -> [B, K, G, T_padded, ...]
-  out = jnp.moveaxis(outs, 0, 3).reshape(
-      query.shape[:3] + (plan.padded_query_length, value.shape[-1]))
-  logsumexp = jnp.moveaxis(logsumexps, 0, 3).reshape(
-      query.shape[:3] + (plan.padded_query_length,))
-  return out, logsumexp
+  # Each block is written in place, so the output needs no stacking and
+  # transposing copy after the loop.
+  outputs = (jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype),
+             jnp.zeros(query.shape[:-1], tiles.F32))
+  return jax.lax.fori_loop(0, plan.num_q_blocks, query_block, outputs)
 
 
 def chunked_backward(plan: Plan, residuals, cotangents):
@@ -116,17 +115,16 @@ def chunked_backward(plan: Plan, residuals, cotangents):
     plan = dataclasses.replace(plan, block_q=block_q, block_k=block_k,
                                backward_blocks=None)
   batch_size = query.shape[0]
-  d_out = d_out.astype(tiles.F32)
   # The row term of the softmax gradient, sum_v dO_tv O_tv, minus the
   # log-sum-exp's own cotangent (d lse / d logit is the weight itself).
-  row_dot = (jnp.sum(d_out * out.astype(tiles.F32), axis=-1, keepdims=True)
-             - d_logsumexp.astype(tiles.F32)[..., None])
-  safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)[..., None]
+  row_dot = (jnp.sum(d_out.astype(tiles.F32) * out.astype(tiles.F32),
+                     axis=-1) - d_logsumexp.astype(tiles.F32))
+  safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)
   modifies = tiles.modifies_logits(plan)
 
-  def query_block(carry, block):
+  def query_block(block, carry):
     q_start = block * plan.block_q
-    q_rows = tiles.query_rows(plan, query, q_start)
+    q_rows = tiles.scaled_query_rows(plan, query, q_start)
     do_low = tiles.query_rows(plan, d_out, q_start).astype(value.dtype)
     # Row terms become [B * K, 1, G * bq], broadcast along each key row.
     lse_row = jnp.swapaxes(tiles.query_rows(plan, safe_logsumexp, q_start),
@@ -195,25 +193,27 @@ def chunked_backward(plan: Plan, residuals, cotangents):
       return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
                               mask, update, inner)
 
-    dk, dv, dbias, dparams = carry
+    dq, dk, dv, dbias, dparams = carry
     first, last = tiles.key_block_range(plan, aux, block)
     # The query gradient is accumulated transposed, [B * K, H, G * bq].
     dq_t = jnp.zeros((q_rows.shape[0], q_rows.shape[2], q_rows.shape[1]),
                      tiles.F32)
     dq_t, dk, dv, dbias, dparams = jax.lax.fori_loop(
         first, last, visit, (dq_t, dk, dv, dbias, dparams))
-    return (dk, dv, dbias, dparams), tiles.as_tile5(
-        plan, jnp.swapaxes(dq_t, 1, 2))
+    dq = tiles.put_query_rows(plan, dq, jnp.swapaxes(dq_t, 1, 2), q_start)
+    return dq, dk, dv, dbias, dparams
 
-  init = (jnp.zeros(key.shape, tiles.F32), jnp.zeros(value.shape, tiles.F32),
+  # Backward query blocks may cover fewer padding rows than the forward's;
+  # the query gradient of the rows past them stays zero.
+  init = (jnp.zeros(query.shape, tiles.F32),
+          jnp.zeros(key.shape, tiles.F32), jnp.zeros(value.shape, tiles.F32),
           None if bias is None else jnp.zeros(bias.shape, tiles.F32),
           jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, tiles.F32), params))
-  (dk, dv, dbias, dparams), dqs = jax.lax.scan(
-      query_block, init, jnp.arange(plan.num_q_blocks, dtype=jnp.int32))
-  dq = jnp.moveaxis(dqs, 0, 3).reshape(*query.shape[:3], -1, query.shape[-1])
-  # Backward query blocks may cover fewer padding rows than the forward's.
-  dq = jnp.pad(dq, ((0, 0),) * 3 + ((0, query.shape[3] - dq.shape[3]),
-                                    (0, 0)))
+  dq, dk, dv, dbias, dparams = jax.lax.fori_loop(
+      0, plan.num_q_blocks, query_block, init)
+  if plan.query_scale != 1.0:
+    # The tiles saw the query blocks times the scale.
+    dq = dq * jnp.asarray(plan.query_scale, tiles.F32)
   if dbias is not None:
     dbias = dbias.astype(bias.dtype)
   aux_cotangents = jax.tree.map(lambda _: None, aux)
@@ -225,7 +225,7 @@ def chunked_backward(plan: Plan, residuals, cotangents):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def chunked_core(plan: Plan, query, key, value, bias, aux, params):
-  """Return `(out [B, K, G, T_pad, H_v], logsumexp [B, K, G, T_pad])`.
+  """Return `(out [B, T_pad, N, H_v], logsumexp [B, T_pad, N])`.
 
   `params` is the `score_mod_params` pytree (None for none); gradients flow
   into it like into the bias.

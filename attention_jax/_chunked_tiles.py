@@ -1,7 +1,7 @@
 """Per-tile steps of the chunked implementation: masks, logits, ranges and
 slices of one `[block_q, block_k]` tile.
 
-Arrays use the layout of `_blocks`: query `[B, K, G, T, H]`, key
+Arrays use the layout of `_blocks`: query `[B, T, N, H]`, key
 `[B, S, K, H]`, value `[B, S, K, H_v]`; a tile's rows stack the G query
 heads of each key/value head, `[B * K, G * bq, ...]`.
 """
@@ -333,10 +333,34 @@ def visit_tile(plan: Plan, aux: dict, q_start, k_start, first_new, mask,
       carry)
 
 
-def query_rows(plan: Plan, query, q_start):
-  """Slice query block `[B, K, G, bq, H]` and view it as rows."""
-  block = jax.lax.dynamic_slice_in_dim(query, q_start, plan.block_q, 3)
-  return as_rows(block)
+def query_rows(plan: Plan, x, q_start):
+  """Slice block `q_start` of a query-layout array as rows `[B * K, G * bq, D]`.
+
+  `x` is `[B, T, N, D]` (the query, the output, their gradients) or
+  `[B, T, N]` (per-row terms, D = 1).
+  """
+  block = jax.lax.dynamic_slice_in_dim(x, q_start, plan.block_q, 1)
+  block = block.reshape(block.shape[0], plan.block_q, plan.num_kv_heads,
+                        plan.group_size, -1)
+  return as_rows(jnp.moveaxis(block, 1, 3))
+
+
+def scaled_query_rows(plan: Plan, query, q_start):
+  """Slice query block `q_start` as rows, times `plan.query_scale`."""
+  rows = query_rows(plan, query, q_start)
+  if plan.query_scale != 1.0:
+    rows = rows * jnp.asarray(plan.query_scale, rows.dtype)
+  return rows
+
+
+def put_query_rows(plan: Plan, buffer, rows, q_start):
+  """Write rows `[B * K, G * bq, D]` into a query-layout buffer at `q_start`.
+
+  The inverse of `query_rows`, for a `[B, T, N, D]` or `[B, T, N]` buffer.
+  """
+  block = jnp.moveaxis(as_tile5(plan, rows), 3, 1).astype(buffer.dtype)
+  block = block.reshape(buffer.shape[:1] + (plan.block_q,) + buffer.shape[2:])
+  return jax.lax.dynamic_update_slice_in_dim(buffer, block, q_start, 1)
 
 
 def key_rows(plan: Plan, aux: dict, x, k_start):

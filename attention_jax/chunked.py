@@ -94,36 +94,34 @@ class _Prepared(NamedTuple):
   """The arguments of the chunked kernel in its block layout."""
 
   plan: Plan
-  query: jax.Array  # [B, K, G, T_padded, H], pre-scaled when `fold_scale`
+  query: jax.Array  # [B, T_padded, N, H]
   key: jax.Array  # [B, S, K, H]
   value: jax.Array  # [B, S, K, H_v]
   bias: jax.Array | None
   aux: dict
-  fold_scale: bool
-  scale: float
   batch: tuple[int, ...]
   batch_chunk: int  # batch elements per run of the tile loop
 
 
-def _to_rows(x: jax.Array, prepared: _Prepared, fill) -> jax.Array:
-  """Lay out `[B..., T, N, ...]` as `[B, K, G, T_padded, ...]`, padding T with `fill`."""
-  plan = prepared.plan
-  flat_batch = prepared.query.shape[0]
-  trailing = x.shape[len(prepared.batch) + 2:]
-  x = x.reshape(flat_batch, plan.query_length, plan.num_kv_heads,
-                plan.group_size, *trailing)
-  x = jnp.moveaxis(x, 1, 3)
+def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
+             fill) -> jax.Array:
+  """View `[B..., T, N, ...]` as `[B, T_padded, N, ...]`, padding T with `fill`.
+
+  Without padding this is a reshape, which copies nothing.
+  """
+  x = x.reshape(-1, *x.shape[len(batch):])
   pad = plan.padded_query_length - plan.query_length
-  widths = ((0, 0),) * 3 + ((0, pad),) + ((0, 0),) * len(trailing)
-  return jnp.pad(x, widths, constant_values=fill)
+  if pad:
+    widths = ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)
+    x = jnp.pad(x, widths, constant_values=fill)
+  return x
 
 
 def _from_rows(x: jax.Array, prepared: _Prepared) -> jax.Array:
-  """Undo `_to_rows`: `[B, K, G, T_padded, ...]` to `[B..., T, N, ...]`."""
-  plan = prepared.plan
-  x = jnp.moveaxis(x[:, :, :, :plan.query_length], 3, 1)
-  return x.reshape(*prepared.batch, plan.query_length,
-                   plan.num_kv_heads * plan.group_size, *x.shape[4:])
+  """Undo `_to_rows`: `[B, T_padded, N, ...]` to `[B..., T, N, ...]`."""
+  if x.shape[1] != prepared.plan.query_length:
+    x = x[:, :prepared.plan.query_length]
+  return x.reshape(*prepared.batch, *x.shape[1:])
 
 
 def _prepare(
@@ -156,10 +154,10 @@ def _prepare(
 
   scale = float(scores_lib.default_scale(head_dim) if scale is None
                 else scale)
-  # Scaling the [T, H] queries once is cheaper than scaling every [bq, bk]
-  # tile. Low-precision queries keep the scale in the float32 tile instead,
-  # so rounding matches the reference path, unless the scale is a power of
-  # two (1/8 for H = 64), which scales them exactly.
+  # Scaling each [bq, H] query block as it is sliced is cheaper than scaling
+  # every [bq, bk] tile. Low-precision queries keep the scale in the float32
+  # tile instead, so rounding matches the reference path, unless the scale
+  # is a power of two (1/8 for H = 64), which scales them exactly.
   fold_scale = (jnp.dtype(query.dtype).itemsize >= 4
                 or _is_power_of_two(scale))
   default_q, default_k = _default_blocks(window, bool(is_causal), num_heads)
@@ -187,6 +185,7 @@ def _prepare(
       num_kv_heads=num_kv_heads, group_size=group_size,
       block_q=block_q, block_k=block_k,
       scale=1.0 if fold_scale else scale,
+      query_scale=scale if fold_scale else 1.0,
       is_causal=bool(is_causal), window=window,
       logits_soft_cap=(None if logits_soft_cap is None
                        else float(logits_soft_cap)),
@@ -199,12 +198,8 @@ def _prepare(
       dropout_rate=float(dropout_rate), backward_blocks=backward_blocks)
   padded = (plan.padded_query_length, key_length)
 
-  # [B..., T, N, H] -> [B, K, G, T_padded, H]
-  q5 = query.reshape(flat_batch, query_length, num_kv_heads, group_size,
-                     head_dim).transpose(0, 2, 3, 1, 4)
-  q5 = jnp.pad(q5, ((0, 0),) * 3 + ((0, padded[0] - query_length), (0, 0)))
-  if fold_scale:
-    q5 = q5 * jnp.asarray(scale, q5.dtype)
+  # [B..., T, N, H] -> [B, T_padded, N, H]
+  q5 = _to_rows(query, plan, batch, 0)
   # [B..., S, K, H] -> [B, S, K, H], a free reshape.
   k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
@@ -236,7 +231,7 @@ def _prepare(
 
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
-  return _Prepared(plan, q5, k4, v4, bias5, aux, fold_scale, scale, batch,
+  return _Prepared(plan, q5, k4, v4, bias5, aux, batch,
                    chunk)
 
 
@@ -359,14 +354,13 @@ def chunked_attention_gradients(
       score_mod_params=None, mask_mod=None, dropout_rate=0.0,
       dropout_rng=None, deterministic=True, block_q=block_q, block_k=block_k,
       chunk_batch=False)
+
+  def to_rows(x, fill):
+    return _to_rows(jnp.asarray(x), prepared.plan, prepared.batch, fill)
+
   residuals = (prepared.query, prepared.key, prepared.value, None,
-               prepared.aux, None, _to_rows(jnp.asarray(out), prepared, 0),
-               _to_rows(jnp.asarray(logsumexp), prepared, -jnp.inf))
-  cotangents = (_to_rows(jnp.asarray(d_out), prepared, 0),
-                _to_rows(jnp.asarray(d_logsumexp), prepared, 0))
-  dq5, dk, dv, *_ = chunked_backward(prepared.plan, residuals, cotangents)
-  dq = _from_rows(dq5, prepared)
-  if prepared.fold_scale:
-    # The kernel saw queries multiplied by the scale.
-    dq = (dq * jnp.asarray(prepared.scale, dq.dtype)).astype(query.dtype)
-  return dq, dk.reshape(key.shape), dv.reshape(value.shape)
+               prepared.aux, None, to_rows(out, 0), to_rows(logsumexp, -jnp.inf))
+  cotangents = (to_rows(d_out, 0), to_rows(d_logsumexp, 0))
+  dq, dk, dv, *_ = chunked_backward(prepared.plan, residuals, cotangents)
+  return (_from_rows(dq, prepared), dk.reshape(key.shape),
+          dv.reshape(value.shape))

@@ -296,39 +296,6 @@ def test_chunked_skips_empty_segment_tiles():
   assert len(visited) == 4
 
 
-def _temp_bytes(implementation, length, gradient):
-  shape = jax.ShapeDtypeStruct((1, length, 2, 16), jnp.float32)
-
-  def forward(query, key, value):
-    return aj.dot_product_attention(
-        query, key, value, is_causal=True, implementation=implementation)
-
-  def loss(query, key, value):
-    return jnp.sum(forward(query, key, value))
-
-  function = jax.grad(loss, (0, 1, 2)) if gradient else forward
-  compiled = jax.jit(function).lower(shape, shape, shape).compile()
-  return compiled.memory_analysis().temp_size_in_bytes
-
-
-@pytest.mark.parametrize("gradient", [False, True], ids=["forward", "grad"])
-def test_chunked_memory_grows_linearly(gradient):
-  # From 2048 keys up, the growth is no longer hidden by the fixed size of
-  # one [512, 512] tile.
-  sizes = {length: _temp_bytes("chunked", length, gradient)
-           for length in (2048, 4096, 8192)}
-  reference = {length: _temp_bytes("reference", length, gradient)
-               for length in (1024, 2048)}
-  first_step = sizes[4096] - sizes[2048]
-  second_step = sizes[8192] - sizes[4096]
-
-  # Linear growth doubles the increment when the length doubles; quadratic
-  # growth quadruples it, as the reference path shows.
-  assert second_step <= 2.5 * max(first_step, 1)
-  assert reference[2048] >= 3.5 * reference[1024]
-  assert sizes[8192] < reference[2048]
-
-
 def test_chunked_no_retrace_on_same_shapes():
   query, key, value = _inputs(11)
   traces = []
