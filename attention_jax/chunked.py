@@ -39,11 +39,14 @@ DEFAULT_BLOCKS = (1024, 512)
 CAUSAL_BLOCKS = (512, 512)
 NARROW_WINDOW_BLOCKS = (256, 256)
 # The backward pass of unmasked attention with the default (1024, 512)
-# tiles runs with (512, 1024) tiles instead, so its transposed tiles have
-# 1024 key rows. Forward+backward took 171 ms against 179 ms at 2048, and
-# 621 ms against 641 ms at 4096. Causal attention was faster with its
-# forward tiles.
-BACKWARD_BLOCKS = (512, 1024)
+# tiles runs with (512, 512) tiles instead. Its temporary buffers then stay
+# under 32 MB at T = S = 2048 (B = 1, N = 8), the largest threshold above
+# which glibc maps each allocation afresh, so that every call page-faults
+# its buffers again. On a 2-core AMD EPYC, forward+backward took 193 to
+# 205 ms against 221 to 223 ms with (512, 1024) tiles at 2048 (27 against
+# 43 MB of buffers), and 759 to 771 ms against 821 to 825 ms at 4096.
+# Causal attention was faster with its forward tiles.
+BACKWARD_BLOCKS = (512, 512)
 # Query blocks shrink (down to 256) while a tile would contain more logits
 # than this, so that tiles of many heads stay near 16 MB in float32. With 64
 # heads in one tile, 256 to 1024 queries timed the same. A large batch is

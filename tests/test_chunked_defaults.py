@@ -31,8 +31,8 @@ def _inputs(query_len, key_len, seed=0):
 
 @pytest.mark.parametrize(
     "query_len, key_len, options, expected",
-    [(1100, 700, {}, (512, 700)),
-     (2048, 2048, {}, (512, 1024)),
+    [(1100, 700, {}, (512, 512)),
+     (2048, 2048, {}, (512, 512)),
      (1000, 2048, {}, None),
      (2048, 2048, dict(is_causal=True), None),
      (2048, 2048, dict(block_q=1024), None)],
