@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--lengths", type=int, nargs="+", default=None,
         help=f"sequence lengths T = S to compare (default: {' '.join(map(str, DEFAULT_LENGTHS))})",
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender and configuration (default: 5, or 3 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per contender and configuration (default: 7, or 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help=f"lengths {' '.join(map(str, QUICK_LENGTHS))} and 3 repeats, about 25 s on 2 idle cores")
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default: 1)")
     parser.add_argument("--heads", type=int, default=8, help="number of heads N = K (default: 8)")
@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.lengths is None:
         args.lengths = list(QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
+        args.repeats = 3 if args.quick else 7
     sizes = {"--lengths": min(args.lengths), "--repeats": args.repeats, "--batch": args.batch,
              "--heads": args.heads, "--head-dim": args.head_dim}
     for option, value in sizes.items():

@@ -74,8 +74,9 @@ def describe_run(record: dict[str, Any]) -> list[str]:
 def markdown_report(record: dict[str, Any], heading: str = "##") -> str:
     """Format the run description, the table, the targets and the missing contenders as Markdown."""
     lines = [f"- {line}" for line in describe_run(record)]
-    lines += ["", "`peer/chunked time` above 1 means attention_jax chunked is faster. `of matmul` divides GFLOP/s by "
-              "the JAX matmul rate measured between the same timed calls. `spread` is (slowest - fastest) / median "
+    lines += ["", "`peer/chunked time` above 1 means attention_jax chunked is faster. It is the median over repeats "
+              "of the ratio of two calls in the same repeat, and `of matmul` likewise divides the attention rate by "
+              "the JAX matmul rate of the same repeat. `spread` is (slowest - fastest) / median "
               "of the timed calls. `max abs diff` compares outputs (forward) or gradients with respect to query, "
               "key and value (forward+backward) with chunked's.", ""]
     lines += [markdown_table(record["rows"])]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, TOKAMAX, TORCH
+from .timing import paired_median
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ def causal_speedup(pass_name: str, length: int) -> Callable[[dict], float | None
     def measure(rows_by_key):
         full = find_row(rows_by_key, pass_name, False, length, CHUNKED)
         causal = find_row(rows_by_key, pass_name, True, length, CHUNKED)
-        return None if full is None or causal is None else full["median_s"] / causal["median_s"]
+        return None if full is None or causal is None else paired_median(full["seconds"], causal["seconds"])
     return measure
 
 

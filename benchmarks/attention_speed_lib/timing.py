@@ -113,6 +113,16 @@ def wait_until_idle(window_s: float = 0.02, busy_fraction: float = 0.05, limit_s
     return time.perf_counter() - start
 
 
+def paired_median(numerators: list[float], denominators: list[float]) -> float:
+    """Return the median over repeats of one time divided by another from the same repeat.
+
+    When a shared machine slows down for a few repeats, both times of a
+    repeat slow down together, so their ratio is steadier than the ratio of
+    the two medians.
+    """
+    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
+
+
 def time_in_turns(runners: dict[Any, Runner], repeats: int, seed: int = 0) -> dict[Any, list[float]]:
     """Call every runner once per repeat and return the seconds of each call.
 
@@ -153,21 +163,22 @@ def benchmark_group(configs: list[Config], contenders: list[Contender], inputs: 
 
     runners[MATMUL] = matmul
     seconds = time_in_turns(runners, repeats)
-    matmul_rate = 2 * MATMUL_SIZE**3 / statistics.median(seconds.pop(MATMUL))
+    matmul_seconds = seconds.pop(MATMUL)
+    matmul_flops = 2 * MATMUL_SIZE**3
+    matmul_rate = matmul_flops / statistics.median(matmul_seconds)
 
     for (config, name), samples in seconds.items():
         row = rows[(config, name)]
         median = statistics.median(samples)
-        rate = config.flops() / median
         chunked = seconds.get((config, CHUNKED))
         row.update({
             "seconds": samples,
             "median_s": median,
             "spread": (max(samples) - min(samples)) / median,
-            "gflops": rate / 1e9,
+            "gflops": config.flops() / median / 1e9,
             "matmul_gflops": matmul_rate / 1e9,
-            "fraction_of_matmul": rate / matmul_rate,
-            "ratio_to_chunked": median / statistics.median(chunked) if chunked else None,
+            "fraction_of_matmul": config.flops() / matmul_flops * paired_median(matmul_seconds, samples),
+            "ratio_to_chunked": paired_median(samples, chunked) if chunked else None,
         })
         if (config, CHUNKED) in outputs:
             difference, within = max_abs_difference(outputs[(config, name)], outputs[(config, CHUNKED)], config.dtype)
