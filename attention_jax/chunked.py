@@ -26,9 +26,11 @@ from attention_jax._blocks import Plan, to_block_layout
 from attention_jax._chunked_kernel import chunked_backward
 
 # Tile sizes chosen by timing T = 1024 to 4096, 8 heads, head dim 64,
-# float32 on a 2-core x86-64 CPU (jax.jit matmul at about 260 GFLOP/s): large
+# float32 on a 2-core Xeon (jax.jit matmul at about 260 GFLOP/s): large
 # tiles amortize per-tile overhead. Without a mask, 1024 queries per tile ran
-# about 10% faster than 512 (forward at 4096: 200 ms against 224 ms). With a
+# about 10% faster than 512 (forward at 4096: 200 ms against 224 ms). On a
+# 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries were about 4%
+# faster instead (226 against 235 ms), within that machine's noise. With a
 # causal mask, 512 queries did as well in the forward pass and better in the
 # backward pass, because a wider tile computes more of the masked triangle.
 # Only a window narrower than a tile gains from smaller tiles, by skipping
