@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 from attention_jax import _attend
 from attention_jax import _batch_chunks
 from attention_jax import _checks
+from attention_jax import _lifted_closures
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
@@ -106,6 +107,7 @@ class _Prepared(NamedTuple):
   aux: dict
   batch: tuple[int, ...]
   batch_chunk: int  # batch elements per run of the tile loop
+  params: Any  # the `score_mod_params` the kernel receives
 
 
 def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
@@ -179,6 +181,13 @@ def _prepare(
                         query_length)
   block_k = _block_size("block_k", block_k, key_length)
   flat_batch = int(np.prod(batch, dtype=np.int64))
+  if score_mod_params is not None and score_mod is None:
+    raise ValueError("`score_mod_params` was given without a `score_mod`")
+  score_mod, score_mod_params, _ = _lifted_closures.lift_closure(
+      score_mod, score_mod_params, batch_size=flat_batch,
+      num_kv_heads=num_kv_heads, group_size=group_size,
+      blocks=((block_q, block_k),) + (
+          () if backward_blocks is None else (backward_blocks,)))
   chunk = flat_batch
   # Hooks may close over arrays of the caller's trace, which the kernel's
   # custom VJP cannot capture inside the loop over batch chunks.
@@ -234,10 +243,8 @@ def _prepare(
     aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
 
-  if score_mod_params is not None and score_mod is None:
-    raise ValueError("`score_mod_params` was given without a `score_mod`")
-  return _Prepared(plan, q5, k4, v4, bias5, aux, batch,
-                   chunk)
+  return _Prepared(plan, q5, k4, v4, bias5, aux, batch, chunk,
+                   score_mod_params)
 
 
 def chunked_attention(
@@ -282,9 +289,12 @@ def chunked_attention(
     score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
       modified logits; its index arguments are broadcastable int32 arrays
       (`batch` is flat over all leading batch axes). It is evaluated per
-      tile, so a positional bias never becomes a `[T, S]` array. Arrays it
-      closes over are constants: gradients do not flow into them, so pass
-      learned arrays through `score_mod_params`.
+      tile, so a positional bias never becomes a `[T, S]` array. Gradients
+      flow into floating-point arrays it closes over when they are being
+      differentiated at the call (`jax.jit(jax.grad(f))`, or no `jit`), as
+      on the reference path. Under `jax.grad(jax.jit(f))` that is not yet
+      known when the hook is traced, and JAX raises an error about a
+      closed-over value: pass such arrays through `score_mod_params`.
     score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
       argument; gradients flow into it.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
@@ -317,7 +327,7 @@ def chunked_attention(
       deterministic=deterministic, block_q=block_q, block_k=block_k)
   out5, logsumexp = _batch_chunks.core_in_chunks(
       prepared.plan, prepared.batch_chunk, prepared.query, prepared.key,
-      prepared.value, prepared.bias, prepared.aux, score_mod_params)
+      prepared.value, prepared.bias, prepared.aux, prepared.params)
   out = _from_rows(out5, prepared)
   if not return_residual:
     return out
