@@ -6,8 +6,9 @@ query heads into key/value groups: query `[B, T, N, H]`, key
 group member `n % G` of key/value head `n // G`). These are views of the
 caller's `[B..., T, N, H]` arrays, so no copy is made; each tile transposes
 only its own block. The output and log-sum-exp use the query's
-layout. Masks and biases become `[B or 1, K or 1, G or 1, T or 1, S or 1]`,
-so that a bias shared across the batch or heads is never copied. The T axis
+layout. Masks and biases become `[B or 1, N or 1, T or 1, S or 1]`, so
+that a bias shared across the batch or heads is never copied; each tile
+of them is viewed as `[B or 1, K or 1, G or 1, bq or 1, bk or 1]`. The T axis
 is padded to whole blocks (a copy only when T is not a multiple of the
 block); the S axis is not (the last key block is shifted instead).
 """
@@ -94,15 +95,15 @@ class Plan:
 def to_block_layout(
     x: jax.Array | None,
     batch_shape: tuple[int, ...],
-    num_kv_heads: int,
-    group_size: int,
     padded_lengths: tuple[int, int],
     fill,
 ) -> jax.Array | None:
-  """Reshape a `[B..., N, T, S]`-broadcastable array to the 5-D block layout.
+  """Reshape a `[B..., N, T, S]`-broadcastable array to `[B, N, T, S]`.
 
   Axes of size 1 stay size 1; full T and S axes are padded with `fill` up to
-  `padded_lengths`.
+  `padded_lengths`. The heads stay in one axis, which `tile_of` splits per
+  tile: splitting the whole array into K and G here made XLA copy it when
+  G = 1 (128 MB for a `[1, 8, 2048, 2048]` float32 bias).
   """
   if x is None:
     return None
@@ -116,35 +117,25 @@ def to_block_layout(
     x = jnp.broadcast_to(x, tuple(batch_shape) + x.shape[len(batch_shape):])
     flat_batch = int(np.prod(batch_shape, dtype=np.int64))
   heads, rows, cols = x.shape[-3:]
-  head_shape = (1, 1) if heads == 1 else (num_kv_heads, group_size)
-  x = x.reshape(flat_batch, *head_shape, rows, cols)
+  x = x.reshape(flat_batch, heads, rows, cols)
   pad_rows = padded_lengths[0] - rows if rows != 1 else 0
   pad_cols = padded_lengths[1] - cols if cols != 1 else 0
   if pad_rows or pad_cols:
-    x = jnp.pad(x, ((0, 0),) * 3 + ((0, pad_rows), (0, pad_cols)),
+    x = jnp.pad(x, ((0, 0),) * 2 + ((0, pad_rows), (0, pad_cols)),
                 constant_values=fill)
   return x
 
 
-def tile_of(
-    x: jax.Array | None, q_start, k_start, block_q: int, block_k: int
-) -> jax.Array | None:
-  """Slice the `[block_q, block_k]` tile at `(q_start, k_start)` of a
-  block-layout array, keeping broadcast axes of size 1."""
+def tile_of(plan: Plan, x: jax.Array | None, q_start,
+            k_start) -> jax.Array | None:
+  """Slice the tile at `(q_start, k_start)` of a `[B, N, T, S]` block-layout
+  array as `[B, K, G, block_q, block_k]`, keeping axes of size 1."""
   if x is None:
     return None
-  rows, cols = x.shape[-2:]
+  batch, heads, rows, cols = x.shape
   if rows != 1:
-    x = jax.lax.dynamic_slice_in_dim(x, q_start, block_q, axis=3)
+    x = jax.lax.dynamic_slice_in_dim(x, q_start, plan.block_q, axis=2)
   if cols != 1:
-    x = jax.lax.dynamic_slice_in_dim(x, k_start, block_k, axis=4)
-  return x
-
-
-def reduce_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sum `x` over the axes on which `shape` has size 1 (undo broadcasting)."""
-  axes = tuple(axis for axis, size in enumerate(shape)
-               if size == 1 and x.shape[axis] != 1)
-  if axes:
-    x = jnp.sum(x, axis=axes, keepdims=True)
-  return x
+    x = jax.lax.dynamic_slice_in_dim(x, k_start, plan.block_k, axis=3)
+  head_shape = (1, 1) if heads == 1 else (plan.num_kv_heads, plan.group_size)
+  return x.reshape(batch, *head_shape, *x.shape[2:])

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from attention_jax import _attend
 from attention_jax import dropout as dropout_lib
-from attention_jax._blocks import Plan, reduce_to_shape, tile_of
+from attention_jax._blocks import Plan, tile_of
 
 F32 = jnp.float32
 
@@ -104,8 +104,7 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
     same = query_ids[:, :, None] == key_ids[:, None, :]
     parts.append(same[:, None, None])
   if plan.has_mask:
-    parts.append(tile_of(aux["mask"], q_start, k_start, plan.block_q,
-                         plan.block_k))
+    parts.append(tile_of(plan, aux["mask"], q_start, k_start))
   if plan.mask_mod is not None:
     indices = (batch_index(aux, batch_size), heads, q_index, k_index)
     parts.append(_attend.evaluate_mask_mod(plan.mask_mod, indices))
@@ -401,13 +400,16 @@ def add_at(buffer, update, start, axis):
 
 
 def add_bias_grad(dbias, tile_grad, q_start, k_start):
-  tile_grad = reduce_to_shape(tile_grad.astype(dbias.dtype),
-                              dbias.shape[:3] + tile_grad.shape[3:])
+  """Add the gradient of a `tile_of` view into the `[B, N, T, S]` `dbias`.
+
+  `tile_grad` has the shape of the tile view, `[B, K, G, bq, bk]` with the
+  bias's axes of size 1, so merging K and G gives the tile of `dbias`.
+  """
+  batch, kv_heads, group, *tile = tile_grad.shape
+  tile_grad = tile_grad.astype(dbias.dtype).reshape(
+      batch, kv_heads * group, *tile)
   rows, cols = dbias.shape[-2:]
-  tile_grad = reduce_to_shape(
-      tile_grad, tile_grad.shape[:3] + (1 if rows == 1 else tile_grad.shape[3],
-                                        1 if cols == 1 else tile_grad.shape[4]))
-  starts = (0, 0, 0, q_start if rows != 1 else 0, k_start if cols != 1 else 0)
+  starts = (0, 0, q_start if rows != 1 else 0, k_start if cols != 1 else 0)
   current = jax.lax.dynamic_slice(dbias, starts, tile_grad.shape)
   return jax.lax.dynamic_update_slice(dbias, current + tile_grad, starts)
 

@@ -218,10 +218,9 @@ def _prepare(
   k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
 
-  bias5 = to_block_layout(bias, batch, num_kv_heads, group_size, padded, 0)
+  bias4 = to_block_layout(bias, batch, padded, 0)
   aux = {
-      "mask": to_block_layout(mask, batch, num_kv_heads, group_size, padded,
-                              False),
+      "mask": to_block_layout(mask, batch, padded, False),
       "offset": _flat(query_offset, batch),
       "query_lengths": _flat(query_seq_lengths, batch),
       "key_lengths": _flat(key_value_seq_lengths, batch),
@@ -236,14 +235,14 @@ def _prepare(
     # Keys in an all-False mask column are set to zero inside each tile.
     # NOTE: like the reference path, a key hidden only from some queries
     # still enters their tile, so an infinite value there can reach them.
-    reachable = jnp.any(aux["mask"], axis=(1, 2, 3))
+    reachable = jnp.any(aux["mask"], axis=(1, 2))
     aux["key_reachable"] = jnp.broadcast_to(
         reachable, (reachable.shape[0], key_length))
   if plan.dropout_rate > 0.0:
     aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
 
-  return _Prepared(plan, q5, k4, v4, bias5, aux, batch, chunk,
+  return _Prepared(plan, q5, k4, v4, bias4, aux, batch, chunk,
                    score_mod_params)
 
 
@@ -290,11 +289,8 @@ def chunked_attention(
       modified logits; its index arguments are broadcastable int32 arrays
       (`batch` is flat over all leading batch axes). It is evaluated per
       tile, so a positional bias never becomes a `[T, S]` array. Gradients
-      flow into floating-point arrays it closes over when they are being
-      differentiated at the call (`jax.jit(jax.grad(f))`, or no `jit`), as
-      on the reference path. Under `jax.grad(jax.jit(f))` that is not yet
-      known when the hook is traced, and JAX raises an error about a
-      closed-over value: pass such arrays through `score_mod_params`.
+      flow into floating-point arrays it closes over, as on the reference
+      path: traced ones are passed to the kernel as extra parameters.
     score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
       argument; gradients flow into it.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean

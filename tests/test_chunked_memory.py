@@ -43,9 +43,9 @@ def test_chunked_memory_grows_linearly(gradient):
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
 def test_chunked_forward_copies_no_query_sized_array(is_causal):
   # The kernel slices query blocks straight from the caller's array and
-  # writes each output block in place, so with a fixed key length its
-  # temporary memory does not depend on the query length (here a whole
-  # number of blocks, which needs no padding).
+  # writes each output block in place. So with a fixed key length, and a
+  # query length of whole blocks (no padding), its temporary memory does
+  # not depend on the query length.
   key = jax.ShapeDtypeStruct((1, 512, 2, 16), jnp.float32)
 
   def temp_bytes(query_length):
@@ -59,3 +59,27 @@ def test_chunked_forward_copies_no_query_sized_array(is_causal):
     return compiled.memory_analysis().temp_size_in_bytes
 
   assert temp_bytes(1024) == temp_bytes(256)
+
+
+def test_chunked_backward_skips_unrequested_bias_gradient():
+  # A constant bias needs no [B, N, T, S] gradient accumulator, nor a
+  # copy of itself, in the backward pass.
+  shape = jax.ShapeDtypeStruct((1, 512, 4, 16), jnp.float32)
+  bias = jax.ShapeDtypeStruct((1, 4, 512, 512), jnp.float32)
+  bias_bytes = 4 * 512 * 512 * 4
+
+  def temp_bytes(argnums, use_bias):
+    def loss(query, key, value, bias):
+      out = aj.chunked_attention(query, key, value,
+                                 bias=bias if use_bias else None,
+                                 block_q=128, block_k=128)
+      return jnp.sum(out)
+
+    compiled = jax.jit(jax.grad(loss, argnums)).lower(
+        shape, shape, shape, bias).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  without_bias = temp_bytes((0, 1, 2), False)
+  constant_bias = temp_bytes((0, 1, 2), True)
+
+  assert constant_bias < without_bias + bias_bytes // 4

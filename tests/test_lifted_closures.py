@@ -33,16 +33,24 @@ def _loss(implementation, scale, offset, query, key, value, cotangent,
   return jnp.sum(out * cotangent)
 
 
-@pytest.mark.parametrize("use_jit", [True, False], ids=["jit", "eager"])
-def test_closed_over_gradient_matches_reference(use_jit):
+@pytest.mark.parametrize("order", ["jit_of_grad", "grad_of_jit", "eager"])
+def test_closed_over_gradient_matches_reference(order):
   query, key, value, cotangent = _inputs(21, 29)
   arguments = (jnp.float32(0.05), jnp.int32(3), query, key, value, cotangent)
 
   def chunked(*args):
     return _loss("chunked", *args, is_causal=True, block_q=8, block_k=8)
 
-  function = jax.grad(chunked, (0, 2, 3, 4))
-  actual = (jax.jit(function) if use_jit else function)(*arguments)
+  if order == "jit_of_grad":
+    function = jax.jit(jax.grad(chunked, (0, 2, 3, 4)))
+  elif order == "grad_of_jit":
+    # A traced integer closure is not lifted (see `lift_closure`), so the
+    # offset is static here.
+    function = jax.grad(jax.jit(chunked, static_argnums=1), (0, 2, 3, 4))
+    arguments = (arguments[0], 3) + arguments[2:]
+  else:
+    function = jax.grad(chunked, (0, 2, 3, 4))
+  actual = function(*arguments)
   expected = jax.grad(
       lambda *args: _loss("reference", *args, is_causal=True),
       (0, 2, 3, 4))(*arguments)
@@ -67,33 +75,28 @@ def test_closed_over_gradient_with_separate_backward_tiles():
                                err_msg=f"gradient {index}")
 
 
-def test_grad_of_jit_through_a_closure_names_the_problem():
-  # Inside jax.jit the closed-over array is not yet being differentiated,
-  # so it cannot be lifted; JAX then reports the closed-over value.
-  query, key, value, cotangent = _inputs(21, 29)
-  arguments = (jnp.float32(0.05), jnp.int32(3), query, key, value, cotangent)
-  chunked = jax.jit(lambda *args: _loss("chunked", *args, block_q=8,
-                                        block_k=8))
-
-  with pytest.raises(Exception, match="closed-over value"):
-    jax.grad(chunked)(*arguments)
-
-
 def _lift(score_mod, blocks=((8, 8),)):
   return _lifted_closures.lift_closure(
       score_mod, None, batch_size=2, num_kv_heads=2, group_size=2,
       blocks=blocks)
 
 
-def test_constant_closures_are_not_lifted():
-  # Under jit alone nothing is differentiated, so the hook stays as it is
-  # and the backward pass computes no extra gradient.
+def test_concrete_closures_are_not_lifted():
+  # Outside any transformation the closed-over array is a constant, so the
+  # hook stays as it is.
+  scale = jnp.float32(2.0)
+  hook = lambda score, *indices: score * scale
+
+  assert not _lift(hook)[2]
+
+
+def test_traced_integer_closures_are_not_lifted():
   @jax.jit
-  def lifted(scale):
-    hook = lambda score, *indices: score * scale
+  def lifted(offset):
+    hook = lambda score, batch, head, q_index, kv_index: score + offset
     return jnp.bool_(_lift(hook)[2])
 
-  assert not lifted(jnp.float32(2.0))
+  assert not lifted(jnp.int32(2))
 
 
 def test_lifted_hook_takes_closed_arrays_as_params():
@@ -101,7 +104,8 @@ def test_lifted_hook_takes_closed_arrays_as_params():
     hook = lambda score, *indices: score * scale
     new_hook, params, lifted = _lift(hook)
     assert lifted
-    assert params[0] is None and len(params[1]) == 1
+    assert params[0] is None
+    assert len(params[1]) == 1
     score = jnp.ones((2, 2, 2, 8, 8))
     index = [jnp.zeros(shape, jnp.int32) for shape in
              ((2, 1, 1, 1, 1), (1, 2, 2, 1, 1), (1, 1, 1, 8, 1),
