@@ -211,8 +211,8 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     dq = tiles.put_query_rows(plan, dq, jnp.swapaxes(dq_t, 1, 2), q_start)
     return dq, dk, dv, dbias, dparams
 
-  # Backward query blocks may cover fewer padding rows than the forward's;
-  # the query gradient of the rows past them stays zero.
+  # Backward query blocks may cover fewer padding rows than the forward's,
+  # so the query gradient of the rows past them stays zero.
   # Gradients that are not requested are not accumulated, because XLA
   # still computes a loop carry that no output uses, and a [B, N, T, S]
   # bias gradient is a full-size buffer updated on every tile.
@@ -251,8 +251,8 @@ def chunked_core(plan: Plan, query, key, value, bias, aux, params):
 
 
 def _core_fwd(plan, query, key, value, bias, aux, params):
-  # With symbolic zeros, every input leaf arrives as a CustomVJPPrimal that
-  # says whether it is being differentiated.
+  # With symbolic zeros, every input leaf arrives as a CustomVJPPrimal whose
+  # `perturbed` field tells whether it is being differentiated.
   bias_grad = bias is not None and bias.perturbed
   params_grad = tuple(leaf.perturbed for leaf in jax.tree.leaves(params))
   query, key, value, bias, aux, params = jax.tree.map(
@@ -268,7 +268,7 @@ def _core_fwd(plan, query, key, value, bias, aux, params):
 
 def _core_bwd(plan, residuals, cotangents):
   residuals, (bias_flag, params_flags) = residuals
-  out = residuals[6]
+  *_, out, _ = residuals
   d_out, d_logsumexp = cotangents
   if isinstance(d_out, SymbolicZero):
     d_out = jnp.zeros(out.shape, out.dtype)

@@ -30,7 +30,10 @@ def _is_traced_float(value) -> bool:
 
 
 def _tile_arguments(batch_size, num_kv_heads, group_size, block_q, block_k):
-  """Shapes of `score_mod`'s arguments on one `[block_q, block_k]` tile."""
+  """Return the shapes of `score_mod`'s arguments on one `[block_q, block_k]` tile.
+
+  They match what `_chunked_tiles.tile_indices` and `batch_index` build.
+  """
   return [
       jax.ShapeDtypeStruct(
           (batch_size, num_kv_heads, group_size, block_q, block_k),
@@ -86,8 +89,8 @@ def lift_closure(
         or any(a is not b for a, b in zip(found, consts))):
       raise ValueError(
           "`score_mod` closed over different arrays for tiles of different "
-          f"shapes ({len(consts)} and {len(found)} arrays); pass the arrays "
-          "it needs through `score_mod_params`")
+          f"shapes ({len(consts)} and {len(found)} arrays). Pass the arrays "
+          "it needs through `score_mod_params`.")
     consts = found
     converted[example[0].shape] = function
   is_float = [_is_traced_float(const) for const in consts]

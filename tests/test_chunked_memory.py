@@ -41,7 +41,7 @@ def test_chunked_memory_grows_linearly(gradient):
 
 
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
-def test_chunked_forward_copies_no_query_sized_array(is_causal):
+def test_forward_temp_independent_of_query(is_causal):
   # The kernel slices query blocks straight from the caller's array and
   # writes each output block in place. So with a fixed key length, and a
   # query length of whole blocks (no padding), its temporary memory does
@@ -61,7 +61,7 @@ def test_chunked_forward_copies_no_query_sized_array(is_causal):
   assert temp_bytes(1024) == temp_bytes(256)
 
 
-def test_chunked_backward_skips_unrequested_bias_gradient():
+def test_backward_skips_constant_bias_gradient():
   # A constant bias needs no [B, N, T, S] gradient accumulator, nor a
   # copy of itself, in the backward pass.
   shape = jax.ShapeDtypeStruct((1, 512, 4, 16), jnp.float32)

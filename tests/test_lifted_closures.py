@@ -60,7 +60,7 @@ def test_closed_over_gradient_matches_reference(order):
                                err_msg=f"gradient {index}")
 
 
-def test_closed_over_gradient_with_separate_backward_tiles():
+def test_closure_gradient_backward_tiles():
   # At 1100 queries without a mask the backward pass uses smaller tiles
   # than the forward pass, so the hook is lifted for both tile shapes.
   query, key, value, cotangent = _inputs(1100, 700, seed=1)
@@ -99,7 +99,7 @@ def test_traced_integer_closures_are_not_lifted():
   assert not lifted(jnp.int32(2))
 
 
-def test_lifted_hook_takes_closed_arrays_as_params():
+def test_lifted_hook_takes_closure_params():
   def probe(scale):
     hook = lambda score, *indices: score * scale
     new_hook, params, lifted = _lift(hook)
@@ -115,7 +115,7 @@ def test_lifted_hook_takes_closed_arrays_as_params():
   assert jax.grad(probe)(jnp.float32(3.0)) == pytest.approx(2 * 2 * 2 * 64)
 
 
-def test_closures_differing_by_tile_shape_are_rejected():
+def test_shape_dependent_closures_rejected():
   def probe(first, second):
     def hook(score, *indices):
       return score * (first if score.shape[3] == 8 else second)
