@@ -107,7 +107,12 @@ def tile_mask(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
     parts.append(tile_of(plan, aux["mask"], q_start, k_start))
   if plan.mask_mod is not None:
     indices = (batch_index(aux, batch_size), heads, q_index, k_index)
-    parts.append(_attend.evaluate_mask_mod(plan.mask_mod, indices))
+    mask_mod = plan.mask_mod
+    if "mask_mod_closed" in aux:
+      # The arrays the hook closes over, passed in (see `_lifted_closures`).
+      closed = aux["mask_mod_closed"]
+      mask_mod = lambda *indices: plan.mask_mod(*indices, closed)
+    parts.append(_attend.evaluate_mask_mod(mask_mod, indices))
   if not parts:
     return None
   result = parts[0]

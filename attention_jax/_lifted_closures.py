@@ -1,111 +1,145 @@
-"""Pass the floating-point arrays a `score_mod` closes over as its params.
+"""Pass the traced arrays that a hook closes over to the kernel explicitly.
 
 The chunked kernel is a `jax.custom_vjp` whose plan, hooks included, is a
-static argument. A hook that closes over an array being differentiated
-(a learned scale, say) made JAX raise an UnexpectedTracerError from inside
-the kernel. `lift_closure` moves the traced floating-point arrays a hook
-closes over into its params, where the kernel's backward pass computes
-their gradients when they are differentiated, as the reference path does.
+static argument. A hook that closes over an array of an enclosing trace
+failed inside the kernel: with an UnexpectedTracerError when the array was
+being differentiated, and with a TypeError under `jax.grad(jax.jit(f))`,
+where the backward pass is traced after `jit`'s trace has ended. Each hook
+is traced to a jaxpr here, and the traced arrays it closes over become
+kernel inputs: those of `score_mod` join its params, whose gradients the
+backward pass computes when they are differentiated (as the reference path
+does), and those of `mask_mod` travel with the other mask arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import jax.extend as jex
 
 
-def _is_traced_float(value) -> bool:
-  """Return whether `value` is a traced floating-point array.
-
-  Every such array is lifted, because inside `jax.jit` it is not yet known
-  whether an outer `jax.grad` will differentiate it. The kernel's backward
-  pass computes gradients only for the params being differentiated, so a
-  lifted array that is not costs nothing there.
-  """
-  return (isinstance(value, jax.core.Tracer)
-          and jnp.issubdtype(jnp.result_type(value), jnp.inexact))
-
-
-def _tile_arguments(batch_size, num_kv_heads, group_size, block_q, block_k):
-  """Return the shapes of `score_mod`'s arguments on one `[block_q, block_k]` tile.
+def tile_index_shapes(batch_size, num_kv_heads, group_size, block_q,
+                      block_k) -> list[jax.ShapeDtypeStruct]:
+  """Return the shapes of a hook's (batch, head, q_index, kv_index) on a tile.
 
   They match what `_chunked_tiles.tile_indices` and `batch_index` build.
   """
   return [
-      jax.ShapeDtypeStruct(
-          (batch_size, num_kv_heads, group_size, block_q, block_k),
-          jnp.float32),
-      jax.ShapeDtypeStruct((batch_size, 1, 1, 1, 1), jnp.int32),
-      jax.ShapeDtypeStruct((1, num_kv_heads, group_size, 1, 1), jnp.int32),
-      jax.ShapeDtypeStruct((1, 1, 1, block_q, 1), jnp.int32),
-      jax.ShapeDtypeStruct((1, 1, 1, 1, block_k), jnp.int32),
+      jax.ShapeDtypeStruct((batch_size, 1, 1, 1, 1), jax.numpy.int32),
+      jax.ShapeDtypeStruct((1, num_kv_heads, group_size, 1, 1),
+                           jax.numpy.int32),
+      jax.ShapeDtypeStruct((1, 1, 1, block_q, 1), jax.numpy.int32),
+      jax.ShapeDtypeStruct((1, 1, 1, 1, block_k), jax.numpy.int32),
   ]
 
 
-def lift_closure(
+def _signature(args) -> tuple:
+  return tuple((leaf.shape, str(leaf.dtype))
+               for leaf in jax.tree.leaves(args))
+
+
+def lift(hook: Callable, examples: Sequence[Sequence[Any]],
+         name: str) -> tuple[Callable, tuple]:
+  """Return `(converted, closed)` with `converted(*args, closed) == hook(*args)`.
+
+  The hook is traced once for each argument list in `examples` (arrays or
+  `jax.ShapeDtypeStruct`s), and `converted` accepts arguments of those
+  shapes and dtypes only. `closed` contains the traced arrays the hook
+  closes over, of any dtype. Arrays that are not traced stay constants of
+  the traced hook. When it closes over none, `(hook, ())` is returned.
+
+  Raises:
+    ValueError: if the traces for different examples close over different
+      arrays.
+  """
+  traces = {}
+  closed = None
+  for example in examples:
+    jaxpr, out_shape = jax.make_jaxpr(hook, return_shape=True)(*example)
+    traced = tuple(const for const in jaxpr.consts
+                   if isinstance(const, jax.core.Tracer))
+    if closed is not None and (
+        len(traced) != len(closed)
+        or any(a is not b for a, b in zip(traced, closed))):
+      raise ValueError(
+          f"`{name}` closed over different arrays for tiles of different "
+          f"shapes ({len(closed)} and {len(traced)} arrays). Pass the "
+          "arrays it needs through `score_mod_params`, or close over the "
+          "same arrays for every tile.")
+    closed = traced
+    traces[_signature(example)] = (jaxpr, jax.tree.structure(out_shape))
+  if not closed:
+    return hook, ()
+
+  def converted(*args):
+    *args, values = args
+    jaxpr, out_tree = traces[_signature(args)]
+    values = iter(values)
+    consts = [next(values) if isinstance(const, jax.core.Tracer) else const
+              for const in jaxpr.consts]
+    function = jex.core.jaxpr_as_fun(
+        jex.core.ClosedJaxpr(jaxpr.jaxpr, consts))
+    return out_tree.unflatten(function(*jax.tree.leaves(args)))
+
+  return converted, closed
+
+
+def lift_score_mod(
     score_mod: Callable | None,
     params: Any,
     *,
     batch_size: int,
     num_kv_heads: int,
     group_size: int,
-    blocks: tuple[tuple[int, int], ...],
-) -> tuple[Callable | None, Any, bool]:
-  """Return `(score_mod, params, lifted)`.
+    blocks: Sequence[tuple[int, int]],
+) -> tuple[Callable | None, Any]:
+  """Return `score_mod` and its params with the traced closure lifted.
 
-  The hook is traced once for each `(block_q, block_k)` in `blocks`, with
-  the argument shapes of a `[batch_size, num_kv_heads, group_size, block_q,
-  block_k]` tile, and the returned hook accepts only those shapes. When the
-  hook closes over no traced floating-point array, it is returned unchanged
-  with `lifted` False. Otherwise the new hook takes
-  `(params, closed)` as its params, where `closed` is the tuple of those
-  arrays; other arrays stay closed over.
-
-  NOTE: a traced integer array stays closed over too. That works under
-  `jax.jit(jax.grad(f))` but not under `jax.grad(jax.jit(f))`, where the
-  backward pass is traced after `jit`'s trace has ended and JAX fails with
-  a TypeError about a DynamicJaxprTracer constant. Passing the array
-  through `score_mod_params` works in both.
-
-  Raises:
-    ValueError: if the traces for different blocks close over different
-      arrays.
+  The hook is traced for tiles of each `(block_q, block_k)` in `blocks`.
+  When it closes over traced arrays, the new hook takes
+  `(params, closed)` as its params, where `closed` contains those arrays.
   """
   if score_mod is None:
-    return score_mod, params, False
-  converted = {}
-  consts = None
+    return None, params
+  examples = []
   for block_q, block_k in dict.fromkeys(blocks):
-    example = _tile_arguments(batch_size, num_kv_heads, group_size, block_q,
-                              block_k)
-    if params is not None:
-      example.append(params)
-    function, found = jax.closure_convert(score_mod, *example)
-    if consts is not None and (
-        len(found) != len(consts)
-        or any(a is not b for a, b in zip(found, consts))):
-      raise ValueError(
-          "`score_mod` closed over different arrays for tiles of different "
-          f"shapes ({len(consts)} and {len(found)} arrays). Pass the arrays "
-          "it needs through `score_mod_params`.")
-    consts = found
-    converted[example[0].shape] = function
-  is_float = [_is_traced_float(const) for const in consts]
-  if not any(is_float):
-    return score_mod, params, False
-  others = tuple(const for const, flag in zip(consts, is_float) if not flag)
-  floats = tuple(const for const, flag in zip(consts, is_float) if flag)
+    shapes = tile_index_shapes(batch_size, num_kv_heads, group_size,
+                               block_q, block_k)
+    score = jax.ShapeDtypeStruct(
+        (batch_size, num_kv_heads, group_size, block_q, block_k),
+        jax.numpy.float32)
+    extra = [] if params is None else [params]
+    examples.append([score, *shapes, *extra])
+  converted, closed = lift(score_mod, examples, "score_mod")
+  if not closed:
+    return score_mod, params
 
   def lifted(score, batch, head, q_index, kv_index, bundle):
-    user_params, closed = bundle
-    closed, others_left = iter(closed), iter(others)
-    merged = [next(closed) if flag else next(others_left)
-              for flag in is_float]
+    user_params, values = bundle
     extra = () if user_params is None else (user_params,)
-    return converted[score.shape](score, batch, head, q_index, kv_index,
-                                  *extra, *merged)
+    return converted(score, batch, head, q_index, kv_index, *extra, values)
 
-  return lifted, (params, floats), True
+  return lifted, (params, closed)
+
+
+def lift_mask_mod(
+    mask_mod: Callable | None,
+    *,
+    batch_size: int,
+    num_kv_heads: int,
+    group_size: int,
+    blocks: Sequence[tuple[int, int]],
+) -> tuple[Callable | None, tuple]:
+  """Return `(mask_mod, closed)` with the traced closure lifted.
+
+  When the hook closes over traced arrays, the new hook takes them as a
+  fifth argument, `mask_mod(batch, head, q_index, kv_index, closed)`.
+  """
+  if mask_mod is None:
+    return None, ()
+  examples = [tile_index_shapes(batch_size, num_kv_heads, group_size,
+                                block_q, block_k)
+              for block_q, block_k in dict.fromkeys(blocks)]
+  return lift(mask_mod, examples, "mask_mod")

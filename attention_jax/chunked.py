@@ -183,17 +183,19 @@ def _prepare(
   flat_batch = int(np.prod(batch, dtype=np.int64))
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
-  score_mod, score_mod_params, _ = _lifted_closures.lift_closure(
-      score_mod, score_mod_params, batch_size=flat_batch,
-      num_kv_heads=num_kv_heads, group_size=group_size,
-      blocks=((block_q, block_k),) + (
-          () if backward_blocks is None else (backward_blocks,)))
   chunk = flat_batch
-  # Hooks may close over arrays of the caller's trace, which the kernel's
-  # custom VJP cannot capture inside the loop over batch chunks.
-  if chunk_batch and score_mod is None and mask_mod is None:
+  if chunk_batch:
     chunk = _batch_chunks.batch_chunk(flat_batch, num_heads,
                                       block_q * block_k, BATCH_CHUNK_LOGITS)
+  # Each kernel call sees tiles of `chunk` sequences.
+  tile_shape = dict(batch_size=chunk, num_kv_heads=num_kv_heads,
+                    group_size=group_size,
+                    blocks=((block_q, block_k),) + (
+                        () if backward_blocks is None else (backward_blocks,)))
+  score_mod, score_mod_params = _lifted_closures.lift_score_mod(
+      score_mod, score_mod_params, **tile_shape)
+  mask_mod, mask_mod_closed = _lifted_closures.lift_mask_mod(
+      mask_mod, **tile_shape)
   plan = Plan(
       query_length=query_length, key_length=key_length,
       num_kv_heads=num_kv_heads, group_size=group_size,
@@ -238,6 +240,8 @@ def _prepare(
     reachable = jnp.any(aux["mask"], axis=(1, 2))
     aux["key_reachable"] = jnp.broadcast_to(
         reachable, (reachable.shape[0], key_length))
+  if mask_mod_closed:
+    aux["mask_mod_closed"] = mask_mod_closed
   if plan.dropout_rate > 0.0:
     aux["dropout_seeds"] = dropout_lib.dropout_seeds(dropout_rng)
   aux = {name: array for name, array in aux.items() if array is not None}
@@ -288,13 +292,15 @@ def chunked_attention(
     score_mod: `score_mod(score, batch, head, q_index, kv_index)` returns
       modified logits; its index arguments are broadcastable int32 arrays
       (`batch` is flat over all leading batch axes). It is evaluated per
-      tile, so a positional bias never becomes a `[T, S]` array. Gradients
-      flow into floating-point arrays it closes over, as on the reference
-      path: traced ones are passed to the kernel as extra parameters.
+      tile, so a positional bias never becomes a `[T, S]` array. It may
+      close over arrays; traced ones are passed to the kernel as extra
+      parameters, so gradients flow into those being differentiated, as on
+      the reference path.
     score_mod_params: a pytree of arrays passed to `score_mod` as a sixth
       argument; gradients flow into it.
     mask_mod: `mask_mod(batch, head, q_index, kv_index)` returns a boolean
-      array, True where attention is allowed, evaluated per tile.
+      array, True where attention is allowed, evaluated per tile. Like
+      `score_mod`, it may close over arrays, traced or not.
     dropout_rate, dropout_rng, deterministic: as in
       `dot_product_attention`; the chunked path drops exactly the weights
       that the reference path drops for the same key.

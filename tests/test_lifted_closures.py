@@ -1,4 +1,4 @@
-"""Tests for gradients through arrays that a chunked `score_mod` closes over."""
+"""Tests for chunked hooks that close over traced arrays."""
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +44,7 @@ def test_closed_over_gradient_matches_reference(order):
   if order == "jit_of_grad":
     function = jax.jit(jax.grad(chunked, (0, 2, 3, 4)))
   elif order == "grad_of_jit":
-    # A traced integer closure is not lifted (see `lift_closure`), so the
-    # offset is static here.
-    function = jax.grad(jax.jit(chunked, static_argnums=1), (0, 2, 3, 4))
-    arguments = (arguments[0], 3) + arguments[2:]
+    function = jax.grad(jax.jit(chunked), (0, 2, 3, 4))
   else:
     function = jax.grad(chunked, (0, 2, 3, 4))
   actual = function(*arguments)
@@ -76,9 +73,10 @@ def test_closure_gradient_backward_tiles():
 
 
 def _lift(score_mod, blocks=((8, 8),)):
-  return _lifted_closures.lift_closure(
+  hook, params = _lifted_closures.lift_score_mod(
       score_mod, None, batch_size=2, num_kv_heads=2, group_size=2,
       blocks=blocks)
+  return hook, params, hook is not score_mod
 
 
 def test_concrete_closures_are_not_lifted():
@@ -90,13 +88,17 @@ def test_concrete_closures_are_not_lifted():
   assert not _lift(hook)[2]
 
 
-def test_traced_integer_closures_are_not_lifted():
+def test_traced_integer_closures_are_lifted():
   @jax.jit
   def lifted(offset):
     hook = lambda score, batch, head, q_index, kv_index: score + offset
-    return jnp.bool_(_lift(hook)[2])
+    _, params, changed = _lift(hook)
+    assert changed
+    assert params[0] is None
+    assert params[1][0].dtype == jnp.int32
+    return offset
 
-  assert not lifted(jnp.int32(2))
+  lifted(jnp.int32(2))
 
 
 def test_lifted_hook_takes_closure_params():
@@ -124,3 +126,71 @@ def test_shape_dependent_closures_rejected():
 
   with pytest.raises(ValueError, match="closed over different arrays"):
     jax.grad(probe)(jnp.float32(1.0), jnp.float32(2.0))
+
+
+def _mask_loss(implementation, query, key, value, cotangent, limits,
+               threshold):
+  # A per-sequence visible length (integer) and a distance threshold
+  # (float), both closed over by `mask_mod`.
+  def mask_mod(batch, head, q_index, kv_index):
+    near = (q_index - kv_index).astype(jnp.float32) <= threshold
+    return near & (kv_index <= q_index) & (kv_index < limits[batch])
+
+  out = aj.dot_product_attention(query, key, value, mask_mod=mask_mod,
+                                 implementation=implementation)
+  return jnp.sum(out * cotangent)
+
+
+@pytest.mark.parametrize("order", ["jit_of_grad", "grad_of_jit", "eager"])
+def test_mask_mod_closure_matches_reference(order):
+  query, key, value, cotangent = _inputs(21, 21, seed=2)
+  arguments = (query, key, value, cotangent, jnp.array([5, 21], jnp.int32),
+               jnp.float32(6.0))
+
+  def chunked(*args):
+    return _mask_loss("chunked", *args)
+
+  if order == "jit_of_grad":
+    function = jax.jit(jax.grad(chunked, (0, 1, 2)))
+  elif order == "grad_of_jit":
+    function = jax.grad(jax.jit(chunked), (0, 1, 2))
+  else:
+    function = jax.grad(chunked, (0, 1, 2))
+  actual = function(*arguments)
+  expected = jax.grad(lambda *args: _mask_loss("reference", *args),
+                      (0, 1, 2))(*arguments)
+
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5,
+                               err_msg=f"gradient {index}")
+
+
+def test_hooks_with_closures_run_in_batch_chunks(monkeypatch):
+  # A budget of one sequence's tiles makes the kernel loop over the batch.
+  # Each chunk must see the hooks' closed-over arrays and global indices.
+  from attention_jax import chunked as chunked_lib
+  monkeypatch.setattr(chunked_lib, "BATCH_CHUNK_LOGITS", 4 * 8 * 8)
+  query, key, value, cotangent = _inputs(16, 16, seed=3)
+  limits = jnp.array([3, 16], jnp.int32)
+
+  def loss(implementation, scale, query):
+    def score_mod(score, batch, head, q_index, kv_index):
+      return score + scale * (batch + 1).astype(score.dtype)
+
+    def mask_mod(batch, head, q_index, kv_index):
+      return kv_index < limits[batch]
+
+    options = dict(block_q=8, block_k=8) if implementation == "chunked" else {}
+    out = (aj.chunked_attention if implementation == "chunked"
+           else aj.dot_product_attention)(
+               query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+               **options)
+    return jnp.sum(out * cotangent)
+
+  arguments = (jnp.float32(0.5), query)
+  actual = jax.jit(jax.grad(lambda *a: loss("chunked", *a), (0, 1)))(
+      *arguments)
+  expected = jax.grad(lambda *a: loss("reference", *a), (0, 1))(*arguments)
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5,
+                               err_msg=f"gradient {index}")
