@@ -17,10 +17,19 @@ from attention_jax.chunked import chunked_attention
 
 def choose_implementation(implementation: str | None, query: jax.Array,
                           key: jax.Array, *, return_weights: bool) -> str:
-  """Return "reference" or "chunked" as `dot_product_attention` would."""
-  return dot_product.choose_implementation(
+  """Return "reference" or "chunked" as `dot_product_attention` would.
+
+  These features need the log-sum-exp, which the cuDNN path does not
+  return, so `implementation=None` never picks it here.
+  """
+  chosen = dot_product.choose_implementation(
       implementation, jnp.asarray(query), jnp.asarray(key),
       return_weights=return_weights)
+  if chosen == "cudnn":
+    raise ValueError(
+        "implementation='cudnn' cannot return the log-sum-exp that this "
+        "feature needs; use 'chunked', 'reference' or None")
+  return chosen
 
 
 def attention_with_residual(

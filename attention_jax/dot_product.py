@@ -17,13 +17,14 @@ from jax.typing import ArrayLike
 
 from attention_jax import _attend
 from attention_jax import _checks
+from attention_jax import _cudnn
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax.chunked import chunked_attention
 from attention_jax.softmax import masked_softmax
 
-Implementation = Literal["reference", "xla", "chunked"]
-IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla", "chunked")
+Implementation = Literal["reference", "xla", "chunked", "cudnn"]
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "xla", "chunked", "cudnn")
 
 # `implementation=None` uses the chunked path from this many query-key pairs
 # (T * S) up. NOTE: on a shared 2-core x86-64 CPU (float32, 6 heads, head
@@ -115,7 +116,12 @@ def choose_implementation(
     implementation: str | None, query: jax.Array, key: jax.Array, *,
     return_weights: bool,
 ) -> str:
-  """Return "reference" or "chunked", or raise for an impossible request."""
+  """Return "reference", "chunked" or "cudnn", or raise for an impossible
+  request.
+
+  `implementation=None` gives "reference" or "chunked" here;
+  `dot_product_attention` first checks whether cuDNN can run the request.
+  """
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"`implementation` should be one of {IMPLEMENTATIONS} or None, but "
@@ -129,10 +135,37 @@ def choose_implementation(
     return "chunked"
   if implementation in ("reference", "xla"):
     return "reference"
+  if implementation == "cudnn":
+    return "cudnn"
   if return_weights:
     return "reference"
   pairs = query.shape[-3] * key.shape[-3]
   return "chunked" if pairs >= CHUNKED_MIN_PAIRS else "reference"
+
+
+def _use_cudnn(implementation: str | None, query: jax.Array, key: jax.Array,
+               value: jax.Array, *, is_causal: bool, local_window_size,
+               options: dict) -> bool:
+  """Return whether to delegate to cuDNN; raise when "cudnn" cannot run.
+
+  `options` are the other arguments of `dot_product_attention`, by name.
+  """
+  unavailable = _cudnn.unavailable_reason()
+  if unavailable is not None:
+    if implementation == "cudnn":
+      raise ValueError(
+          f"implementation='cudnn' needs an NVIDIA GPU, but {unavailable}. "
+          "Use implementation=None to pick the fastest path available here.")
+    return False
+  reasons = _cudnn.unsupported_features(
+      query, key, value, is_causal=is_causal,
+      window=_checks.normalize_window(local_window_size), **options)
+  if reasons and implementation == "cudnn":
+    raise ValueError(
+        "implementation='cudnn' cannot run this request. It needs "
+        + "; ".join(reasons) + ". Use implementation=None to pick a path "
+        "that supports every requested feature.")
+  return not reasons
 
 
 def dot_product_attention_weights(
@@ -256,10 +289,16 @@ def dot_product_attention(
       in `[p - left, p + right]`. One int `w` means `(w, w)`.
     implementation: `"reference"` (or its alias `"xla"`) materializes the
       `[B..., N, T, S]` weights; `"chunked"` computes attention block by
-      block with memory linear in T and S (see `chunked_attention`). None
-      picks the chunked path for `T * S >= CHUNKED_MIN_PAIRS` and the
-      reference path otherwise, and always the reference path when
-      `return_weights` asks for the weights.
+      block with memory linear in T and S (see `chunked_attention`);
+      `"cudnn"` runs cuDNN's fused kernel through `jax.nn` on an NVIDIA
+      GPU, for float16 and bfloat16 inputs without a bias, explicit mask,
+      lengths, segments, offset, dropout, soft-capping, hooks or returned
+      residual or weights, and for causal and window masks only with
+      T == S (it raises for any other request). None picks cuDNN where
+      it can run the request, otherwise the chunked path for
+      `T * S >= CHUNKED_MIN_PAIRS` and the reference path below that, and
+      always the reference path when `return_weights` asks for the
+      weights.
     return_residual: also return the log-sum-exp of the logits over visible
       keys, `[B..., T, N]` (`-inf` for rows with no visible key).
     query_offset: absolute position of the first query (scalar or integer
@@ -302,6 +341,22 @@ def dot_product_attention(
   _checks.check_soft_cap(logits_soft_cap)
   chosen = choose_implementation(
       implementation, query, key, return_weights=return_weights)
+  if implementation in (None, "cudnn"):
+    options = dict(
+        bias=bias, mask=mask, query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
+        query_offset=query_offset, query_segment_ids=query_segment_ids,
+        key_segment_ids=key_segment_ids,
+        dropout_rate=(0.0 if deterministic or dropout_rng is None
+                      else dropout_rate),
+        return_residual=return_residual, return_weights=return_weights,
+        logits_soft_cap=logits_soft_cap, score_mod=score_mod,
+        score_mod_params=score_mod_params, mask_mod=mask_mod)
+    if _use_cudnn(implementation, query, key, value, is_causal=is_causal,
+                  local_window_size=local_window_size, options=options):
+      return _cudnn.attention(
+          query, key, value, scale=scale, is_causal=is_causal,
+          window=_checks.normalize_window(local_window_size))
   if chosen == "chunked":
     return chunked_attention(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal,
