@@ -151,15 +151,18 @@ def _use_cudnn(implementation: str | None, query: jax.Array, key: jax.Array,
   `options` are the other arguments of `dot_product_attention`, by name.
   """
   unavailable = _cudnn.unavailable_reason()
-  if unavailable is not None:
-    if implementation == "cudnn":
-      raise ValueError(
-          f"implementation='cudnn' needs an NVIDIA GPU, but {unavailable}. "
-          "Use implementation=None to pick the fastest path available here.")
+  if unavailable is not None and implementation is None:
     return False
   reasons = _cudnn.unsupported_features(
       query, key, value, is_causal=is_causal,
       window=_checks.normalize_window(local_window_size), **options)
+  if unavailable is not None:
+    unsupported = ("" if not reasons else
+                   " It would also need " + "; ".join(reasons) + ".")
+    raise ValueError(
+        f"implementation='cudnn' needs an NVIDIA GPU, but {unavailable}."
+        f"{unsupported} Use implementation=None to pick the fastest path "
+        "available here.")
   if reasons and implementation == "cudnn":
     raise ValueError(
         "implementation='cudnn' cannot run this request. It needs "

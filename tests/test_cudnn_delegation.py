@@ -201,3 +201,18 @@ def test_residual_features_reject_cudnn():
 
   with pytest.raises(ValueError, match="log-sum-exp"):
     _dispatch.choose_implementation("cudnn", query, key, return_weights=False)
+
+
+def test_cpu_error_lists_unsupported_features():
+  query, key, value = _inputs(dtype=jnp.float32)
+  if jax.default_backend() != "cpu":
+    pytest.skip("checks the error on a CPU-only machine")
+
+  with pytest.raises(ValueError) as error:
+    aj.dot_product_attention(query, key, value, logits_soft_cap=5.0,
+                             implementation="cudnn")
+
+  message = str(error.value)
+  assert "needs an NVIDIA GPU" in message
+  assert "no `logits_soft_cap`" in message
+  assert "float16 or bfloat16" in message
