@@ -28,16 +28,17 @@ def unavailable_reason() -> str | None:
   if backend != "gpu":
     return f"the default JAX backend is {backend!r}, not an NVIDIA GPU"
   device = jax.devices()[0]
-  if getattr(device, "compute_capability", None) is None:
-    return f"the GPU {device.device_kind!r} is not a CUDA device"
+  version = str(getattr(device.client, "platform_version", ""))
+  if "cuda" not in version.lower():
+    return f"the GPU {device.device_kind!r} runs {version!r}, not CUDA"
   return None
 
 
 def _max_head_dim() -> int:
   """Return cuDNN's largest head dimension: 256 from Hopper (9.0) on, else 128."""
-  capability = getattr(jax.devices()[0], "compute_capability", "0.0")
-  major = int(str(capability).split(".")[0])
-  return 256 if major >= 9 else 128
+  capability = str(getattr(jax.devices()[0], "compute_capability", "0.0"))
+  major = capability.split(".")[0]
+  return 256 if major.isdigit() and int(major) >= 9 else 128
 
 
 def unsupported_features(query: jax.Array, key: jax.Array, value: jax.Array,
