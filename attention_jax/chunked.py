@@ -184,10 +184,15 @@ def _prepare(
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
   chunk = flat_batch
-  if chunk_batch:
+  # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
+  # gathers a batch sharded over devices in front of it, and every device
+  # then computed attention for the whole batch (compiled HLO on 8 CPU
+  # devices, jax 0.10.2). A traced array does not show its sharding here,
+  # so the batch runs in chunks only when `jax.device_count()` is 1.
+  if chunk_batch and jax.device_count() == 1:
     chunk = _batch_chunks.batch_chunk(flat_batch, num_heads,
                                       block_q * block_k, BATCH_CHUNK_LOGITS)
-  # Each kernel call sees tiles of `chunk` sequences.
+  # Each kernel call gets tiles of `chunk` sequences.
   tile_shape = dict(batch_size=chunk, num_kv_heads=num_kv_heads,
                     group_size=group_size,
                     blocks=((block_q, block_k),) + (
@@ -307,8 +312,9 @@ def chunked_attention(
     block_q: queries per tile; None picks 256 with a window narrower than
       512 keys, 512 with a causal mask and 1024 otherwise, halved (down to
       256) while heads * block_q * 512 exceeds 2**22 logits. When the
-      tiles of the whole batch would exceed 2**21 logits, the batch runs
-      in chunks of sequences, one chunk after another.
+      tiles of the whole batch would exceed 2**21 logits and
+      `jax.device_count()` is 1, the batch runs in chunks of sequences,
+      one chunk after another (a sharded batch stays in one piece).
     block_k: keys per tile; None picks 512 (256 with a window narrower than
       512 keys), or more keys when T is shorter than a query block, keeping
       the tile area.

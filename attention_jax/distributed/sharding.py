@@ -21,13 +21,17 @@ A heads axis that the model axis does not divide stays replicated, for
 example the single key/value head of multi-query attention on a model axis
 of size 2.
 
-NOTE: XLA's partitioner does not see through the loops of
-`implementation="chunked"` (the default from `T * S >= 256` up). It
-all-gathers the heads of query, key and value on every device of the model
-axis, so the attention step itself runs replicated there while the
-projections stay sharded. `implementation="reference"` keeps heads sharded
-throughout. Both give the same result. Observed in the compiled HLO on CPU
-with jax 0.10.2.
+Both attention paths keep heads and batch sharded through the attention
+step (compiled HLO on 8 CPU devices, jax 0.10.2). The chunked path's loop
+over batch chunks would make XLA gather the batch, so it is used only when
+JAX sees a single device.
+
+NOTE: with key/value heads sharded over the model axis and more than one
+sequence per device, XLA gathers each key/value block over the model axis
+inside the chunked loop (observed with B = 8 on a 4 x 2 mesh). The kernel
+merges batch and key/value heads into one axis, batch first, so a device's
+share of it is not contiguous. One sequence per device, or replicated
+key/value heads, avoid it.
 """
 
 from __future__ import annotations

@@ -183,3 +183,30 @@ def test_shard_module_rejects_explicit_model_axis():
 def test_shard_module_rejects_missing_axis():
   with pytest.raises(ValueError, match="`model_axis`.*'heads'"):
     shard_module(attention_module(), data_model_mesh(), model_axis="heads")
+
+
+@pytest.mark.parametrize("mesh_shape, names, batch", [
+    ((8,), ("data",), 8),
+    ((4, 2), ("data", "model"), 4),
+])
+def test_chunked_attention_keeps_batch_and_heads_sharded(mesh_shape, names,
+                                                         batch):
+  # 1024 tokens per sequence make more than one batch chunk on a single
+  # device. A loop over chunks made XLA gather the whole batch on every
+  # device.
+  mesh = jax.make_mesh(mesh_shape, names,
+                       axis_types=(AxisType.Auto,) * len(names))
+  module = MultiHeadAttention(
+      NUM_HEADS, FEATURES, NUM_HEADS * HEAD_DIM, OUT, num_kv_heads=KV_HEADS,
+      implementation="chunked", rngs=nnx.Rngs(9))
+  if "model" in names:
+    shard_module(module, mesh)
+  graphdef, state = nnx.split(module)
+  inputs = jax.device_put(jnp.ones((batch, 1024, FEATURES)),
+                          NamedSharding(mesh, activation_spec(3)))
+
+  hlo = jax.jit(lambda state, inputs: nnx.merge(graphdef, state)(
+      inputs, is_causal=True)).lower(state, inputs).compile().as_text()
+
+  assert " all-gather(" not in hlo
+  assert hlo.count(" all-reduce(") == (1 if "model" in names else 0)
