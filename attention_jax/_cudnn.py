@@ -8,6 +8,10 @@ turns a boolean mask into a large negative bias (`combine_bias_and_mask` in
 an average instead of zeros. Causal and window masks align top-left. So a
 request is delegated only when the result is the same as on the other
 paths, and `unsupported_features` names what prevents it.
+
+NOTE: this library computes the softmax of float16 and bfloat16 inputs in
+float32. The cuDNN path assumes cuDNN's kernel does the same. That was not
+checked on a GPU here.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def unsupported_features(query: jax.Array, key: jax.Array, value: jax.Array,
   """
   reasons = []
   dtypes = {jnp.dtype(x.dtype) for x in (query, key, value)}
-  if len(dtypes) != 1 or dtypes.pop() not in map(jnp.dtype, _DTYPES):
+  supported = {jnp.dtype(dtype) for dtype in _DTYPES}
+  if len(dtypes) != 1 or not dtypes <= supported:
     reasons.append(
         "query, key and value in one of float16 or bfloat16 (got "
         f"{query.dtype}, {key.dtype}, {value.dtype})")

@@ -1,14 +1,14 @@
 """Pass the traced arrays that a hook closes over to the kernel explicitly.
 
 The chunked kernel is a `jax.custom_vjp` whose plan, hooks included, is a
-static argument. A hook that closes over an array of an enclosing trace
-failed inside the kernel: with an UnexpectedTracerError when the array was
-being differentiated, and with a TypeError under `jax.grad(jax.jit(f))`,
-where the backward pass is traced after `jit`'s trace has ended. Each hook
-is traced to a jaxpr here, and the traced arrays it closes over become
-kernel inputs: those of `score_mod` join its params, whose gradients the
-backward pass computes when they are differentiated (as the reference path
-does), and those of `mask_mod` travel with the other mask arrays.
+static argument, so a traced array that a hook closes over cannot stay
+inside it. JAX raises an UnexpectedTracerError when the array is being
+differentiated, and a TypeError under `jax.grad(jax.jit(f))`, where the
+backward pass is traced after `jit`'s trace has ended. So each hook is
+traced to a jaxpr here, and the traced arrays it closes over become kernel
+inputs. Those of `score_mod` join its params, whose gradients the backward
+pass computes when they are differentiated (as the reference path does).
+Those of `mask_mod` travel with the other mask arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 
 
 def tile_index_shapes(batch_size, num_kv_heads, group_size, block_q,
@@ -27,11 +28,10 @@ def tile_index_shapes(batch_size, num_kv_heads, group_size, block_q,
   They match what `_chunked_tiles.tile_indices` and `batch_index` build.
   """
   return [
-      jax.ShapeDtypeStruct((batch_size, 1, 1, 1, 1), jax.numpy.int32),
-      jax.ShapeDtypeStruct((1, num_kv_heads, group_size, 1, 1),
-                           jax.numpy.int32),
-      jax.ShapeDtypeStruct((1, 1, 1, block_q, 1), jax.numpy.int32),
-      jax.ShapeDtypeStruct((1, 1, 1, 1, block_k), jax.numpy.int32),
+      jax.ShapeDtypeStruct((batch_size, 1, 1, 1, 1), jnp.int32),
+      jax.ShapeDtypeStruct((1, num_kv_heads, group_size, 1, 1), jnp.int32),
+      jax.ShapeDtypeStruct((1, 1, 1, block_q, 1), jnp.int32),
+      jax.ShapeDtypeStruct((1, 1, 1, 1, block_k), jnp.int32),
   ]
 
 
@@ -109,7 +109,7 @@ def lift_score_mod(
                                block_q, block_k)
     score = jax.ShapeDtypeStruct(
         (batch_size, num_kv_heads, group_size, block_q, block_k),
-        jax.numpy.float32)
+        jnp.float32)
     extra = [] if params is None else [params]
     examples.append([score, *shapes, *extra])
   converted, closed = lift(score_mod, examples, "score_mod")

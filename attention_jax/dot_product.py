@@ -144,18 +144,18 @@ def choose_implementation(
 
 
 def _use_cudnn(implementation: str | None, query: jax.Array, key: jax.Array,
-               value: jax.Array, *, is_causal: bool, local_window_size,
-               options: dict) -> bool:
-  """Return whether to delegate to cuDNN; raise when "cudnn" cannot run.
+               value: jax.Array, *, is_causal: bool,
+               window: tuple[int, int] | None, options: dict) -> bool:
+  """Return whether to delegate to cuDNN, and raise when "cudnn" cannot run.
 
-  `options` are the other arguments of `dot_product_attention`, by name.
+  `window` is the normalized `(left, right)` window or None, and `options`
+  are the other arguments of `dot_product_attention`, by name.
   """
   unavailable = _cudnn.unavailable_reason()
   if unavailable is not None and implementation is None:
     return False
   reasons = _cudnn.unsupported_features(
-      query, key, value, is_causal=is_causal,
-      window=_checks.normalize_window(local_window_size), **options)
+      query, key, value, is_causal=is_causal, window=window, **options)
   if unavailable is not None:
     unsupported = ("" if not reasons else
                    " It would also need " + "; ".join(reasons) + ".")
@@ -300,7 +300,7 @@ def dot_product_attention(
       T == S (it raises for any other request). None picks cuDNN where
       it can run the request, otherwise the chunked path for
       `T * S >= CHUNKED_MIN_PAIRS` and the reference path below that, and
-      always the reference path when `return_weights` asks for the
+      always the reference path when `return_weights` requests the
       weights.
     return_residual: also return the log-sum-exp of the logits over visible
       keys, `[B..., T, N]` (`-inf` for rows with no visible key).
@@ -355,11 +355,11 @@ def dot_product_attention(
         return_residual=return_residual, return_weights=return_weights,
         logits_soft_cap=logits_soft_cap, score_mod=score_mod,
         score_mod_params=score_mod_params, mask_mod=mask_mod)
+    window = _checks.normalize_window(local_window_size)
     if _use_cudnn(implementation, query, key, value, is_causal=is_causal,
-                  local_window_size=local_window_size, options=options):
-      return _cudnn.attention(
-          query, key, value, scale=scale, is_causal=is_causal,
-          window=_checks.normalize_window(local_window_size))
+                  window=window, options=options):
+      return _cudnn.attention(query, key, value, scale=scale,
+                              is_causal=is_causal, window=window)
   if chosen == "chunked":
     return chunked_attention(
         query, key, value, bias, mask, scale=scale, is_causal=is_causal,

@@ -23,20 +23,25 @@ def _inputs(batch=(2,), query_len=16, key_len=16, heads=4, kv_heads=4,
   return [jnp.asarray(rng.standard_normal(shape), dtype) for shape in shapes]
 
 
-@pytest.fixture
-def cudnn_on_xla(monkeypatch):
-  """Pretend cuDNN is available and count the calls `jax.nn` receives."""
+def _count_jax_nn_calls(monkeypatch) -> list:
+  """Return a list that records each call's `implementation` to `jax.nn`."""
   calls = []
   original = jax.nn.dot_product_attention
 
   def spy(*args, **kwargs):
-    calls.append(kwargs["implementation"])
+    calls.append(kwargs.get("implementation"))
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(_cudnn, "NN_IMPLEMENTATION", "xla")
-  monkeypatch.setattr(_cudnn, "unavailable_reason", lambda: None)
   monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
   return calls
+
+
+@pytest.fixture
+def cudnn_on_xla(monkeypatch):
+  """Pretend cuDNN is available and count the calls `jax.nn` receives."""
+  monkeypatch.setattr(_cudnn, "NN_IMPLEMENTATION", "xla")
+  monkeypatch.setattr(_cudnn, "unavailable_reason", lambda: None)
+  return _count_jax_nn_calls(monkeypatch)
 
 
 def test_cudnn_on_cpu_raises():
@@ -48,20 +53,13 @@ def test_cudnn_on_cpu_raises():
     aj.dot_product_attention(query, key, value, implementation="cudnn")
 
 
-def test_default_on_cpu_never_delegates():
+def test_default_on_cpu_never_delegates(monkeypatch):
   query, key, value = _inputs()
   if jax.default_backend() != "cpu":
     pytest.skip("checks the choice on a CPU-only machine")
-  calls = []
-  original = jax.nn.dot_product_attention
+  calls = _count_jax_nn_calls(monkeypatch)
 
-  def spy(*args, **kwargs):
-    calls.append(kwargs)
-    return original(*args, **kwargs)
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(jax.nn, "dot_product_attention", spy)
-    aj.dot_product_attention(query, key, value)
+  aj.dot_product_attention(query, key, value)
 
   assert calls == []
 
