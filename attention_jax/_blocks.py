@@ -54,6 +54,9 @@ class Plan:
   # (the softmax scale when that is exact there, else 1). The query
   # gradient includes it.
   query_scale: float = 1.0
+  # Whether the forward pass computes each query block's causal diagonal
+  # square as three quarter tiles (see `_chunked_forward`).
+  split_diagonal: bool = False
 
   @property
   def num_q_blocks(self) -> int:

@@ -1,10 +1,10 @@
 """Online-softmax attention over blocks, with a recomputing custom VJP.
 
-The forward pass walks query blocks in sequence and, for each, the range of
-key blocks that its causal or window mask can reach, keeping a running
-maximum, normalizer and weighted sum (FlashAttention, Dao et al. 2022). It
-stores only the output and the per-row log-sum-exp. The backward pass
-recomputes each tile's weights from the log-sum-exp instead of storing them,
+The forward pass (`_chunked_forward`) walks query blocks in sequence and,
+for each, the range of key blocks that its causal or window mask can reach,
+keeping a running maximum, normalizer and weighted sum (FlashAttention, Dao
+et al. 2022). It stores only the output and the per-row log-sum-exp. The
+backward pass here recomputes each tile's weights from the log-sum-exp instead of storing them,
 so memory grows linearly in T and S.
 
 Tiles that the causal, window, length or key-range bounds exclude are never
@@ -26,76 +26,8 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from attention_jax import _chunked_tiles as tiles
+from attention_jax._chunked_forward import forward as _forward
 from attention_jax._blocks import Plan, tile_of
-
-
-
-def _forward(plan: Plan, query, key, value, bias, aux, params):
-  batch_size = query.shape[0]
-  rows = plan.group_size * plan.block_q
-  flat = batch_size * plan.num_kv_heads
-
-  def query_block(block, outputs):
-    q_start = block * plan.block_q
-    q_rows = tiles.scaled_query_rows(plan, query, q_start)
-
-    def visit(k_block_index, carry):
-      k_start, first_new = tiles.key_start(plan, k_block_index)
-      mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
-
-      def update(carry, mask):
-        row_max, total, acc = carry
-        k_rows = tiles.key_rows(plan, aux, key, k_start)
-        v_rows = tiles.key_rows(plan, aux, value, k_start)
-        logits = tiles.tile_logits(
-            plan, aux, batch_size, q_start, k_start, q_rows, k_rows,
-            tile_of(plan, bias, q_start, k_start),
-            params)
-        valid = tiles.valid_entries(plan, mask, logits)
-        if valid is not None:
-          logits = jnp.where(valid, logits, -jnp.inf)
-        new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
-        # A row with nothing visible yet keeps a maximum of -inf; shift it
-        # by 0 so that exp gives 0 instead of NaN.
-        shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-        probs = jnp.exp(logits - shift)
-        correction = jnp.exp(row_max - shift)
-        # Low-precision weights are rounded once, in the exp pass. The running
-        # sum adds those rounded weights in float32, so each output is
-        # normalized by the sum of the weights it actually used.
-        rounded = tiles.round_to(probs, value.dtype)
-        total = total * correction + jnp.sum(rounded, -1, keepdims=True,
-                                             dtype=tiles.F32)
-        # Dropout acts on the normalized weights, so it scales only the
-        # weighted sum, never the normalizer.
-        dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
-        if dropout is not None:
-          rounded = tiles.round_to(probs * dropout, value.dtype)
-        acc = acc * correction + jnp.einsum(
-            "xrs,xsv->xrv", rounded, v_rows, preferred_element_type=tiles.F32)
-        return new_max, total, acc
-
-      return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
-                              mask, update, carry)
-
-    first, last = tiles.key_block_range(plan, aux, block)
-    init = (jnp.full((flat, rows, 1), -jnp.inf, tiles.F32),
-            jnp.zeros((flat, rows, 1), tiles.F32),
-            jnp.zeros((flat, rows, value.shape[-1]), tiles.F32))
-    row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
-    seen = total > 0
-    safe_total = jnp.where(seen, total, 1.0)
-    out = acc / safe_total
-    logsumexp = jnp.where(seen, row_max + jnp.log(safe_total), -jnp.inf)
-    out_buffer, logsumexp_buffer = outputs
-    return (tiles.put_query_rows(plan, out_buffer, out, q_start),
-            tiles.put_query_rows(plan, logsumexp_buffer, logsumexp, q_start))
-
-  # Each block is written in place, so the output needs no stacking and
-  # transposing copy after the loop.
-  outputs = (jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype),
-             jnp.zeros(query.shape[:-1], tiles.F32))
-  return jax.lax.fori_loop(0, plan.num_q_blocks, query_block, outputs)
 
 
 def chunked_backward(plan: Plan, residuals, cotangents, *,

@@ -8,6 +8,7 @@ passes a dense `mask` or `bias` of that size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,71 +22,24 @@ from attention_jax import _attend
 from attention_jax import _batch_chunks
 from attention_jax import _checks
 from attention_jax import _lifted_closures
+from attention_jax import _tile_sizes
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
+from attention_jax._chunked_forward import splits_diagonal
 from attention_jax._chunked_kernel import chunked_backward
 
-# Tile sizes chosen by timing T = 1024 to 4096, 8 heads, head dim 64,
-# float32 on a 2-core Xeon (jax.jit matmul at about 260 GFLOP/s): large
-# tiles amortize per-tile overhead. Without a mask, 1024 queries per tile ran
-# about 10% faster than 512 (forward at 4096: 200 ms against 224 ms). On a
-# 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries were about 4%
-# faster instead (226 against 235 ms), within that machine's noise. With a
-# causal mask, 512 queries did as well in the forward pass and better in the
-# backward pass, because a wider tile computes more of the masked triangle.
-# Only a window narrower than a tile gains from smaller tiles, by skipping
-# more. When T is shorter than a query block (decoding), key blocks grow to
-# keep the tile area, because a loop step costs far more than a few small
-# matrix rows.
-DEFAULT_BLOCKS = (1024, 512)
-CAUSAL_BLOCKS = (512, 512)
-NARROW_WINDOW_BLOCKS = (256, 256)
-# The backward pass of unmasked attention with the default (1024, 512)
-# tiles runs with (512, 512) tiles instead. Its temporary buffers then stay
-# under 32 MB at T = S = 2048 (B = 1, N = 8), the largest threshold above
-# which glibc maps each allocation afresh, so that every call page-faults
-# its buffers again. On a 2-core AMD EPYC, forward+backward took 193 to
-# 205 ms against 221 to 223 ms with (512, 1024) tiles at 2048 (27 against
-# 43 MB of buffers), and 759 to 771 ms against 821 to 825 ms at 4096.
-# Causal attention was faster with its forward tiles.
-BACKWARD_BLOCKS = (512, 512)
-# Query blocks shrink (down to 256) while a tile would contain more logits
-# than this, so that tiles of many heads stay near 16 MB in float32. With 64
-# heads in one tile, 256 to 1024 queries timed the same. A large batch is
-# instead split into chunks that run one after another (`_batch_chunks`).
-TILE_LOGITS = 8 * 1024 * 512
-MIN_DEFAULT_BLOCK_Q = 256
 # A batch runs in chunks of sequences while the tiles of the whole batch
 # would contain more logits than this. Causal attention over eight
 # sequences of 512 tokens (8 heads) took 39 ms one sequence at a time, 47 ms
 # two at a time and 72 ms in one piece. Without a mask, one and two at a
-# time were equal. So this budget is smaller than TILE_LOGITS.
+# time were equal. So this budget is smaller than `_tile_sizes.TILE_LOGITS`.
 BATCH_CHUNK_LOGITS = 8 * 512 * 512
-
-
-def _default_blocks(window, is_causal: bool,
-                    num_heads: int) -> tuple[int, int]:
-  """Return the default `(block_q, block_k)` for one batch element."""
-  if window is not None and window[0] + window[1] < DEFAULT_BLOCKS[1]:
-    return NARROW_WINDOW_BLOCKS
-  block_q, block_k = CAUSAL_BLOCKS if is_causal else DEFAULT_BLOCKS
-  while (block_q > MIN_DEFAULT_BLOCK_Q
-         and num_heads * block_q * block_k > TILE_LOGITS):
-    block_q //= 2
-  return block_q, block_k
 
 
 def _is_power_of_two(scale: float) -> bool:
   mantissa, _ = math.frexp(scale)
   return mantissa == 0.5
-
-
-def _block_size(name: str, value: int, length: int) -> int:
-  if int(value) <= 0:
-    raise ValueError(f"`{name}` should be a positive integer, but got {value}")
-  # A block longer than the sequence only adds padding.
-  return int(min(int(value), max(length, 1)))
 
 
 def _flat(x: ArrayLike | None, batch_shape, trailing: int = 0):
@@ -167,44 +121,13 @@ def _prepare(
   # is a power of two (1/8 for H = 64), which scales them exactly.
   fold_scale = (jnp.dtype(query.dtype).itemsize >= 4
                 or _is_power_of_two(scale))
-  default_q, default_k = _default_blocks(window, bool(is_causal), num_heads)
-  backward_blocks = None
-  if (block_q is None and block_k is None
-      and (default_q, default_k) == DEFAULT_BLOCKS
-      and query_length >= default_q):
-    backward_blocks = (BACKWARD_BLOCKS[0],
-                       _block_size("block_k", BACKWARD_BLOCKS[1], key_length))
-  if block_k is None:
-    rows = min(default_q if block_q is None else block_q, query_length)
-    block_k = max(default_k, default_q * default_k // max(rows, 1))
-  block_q = _block_size("block_q", default_q if block_q is None else block_q,
-                        query_length)
-  block_k = _block_size("block_k", block_k, key_length)
   flat_batch = int(np.prod(batch, dtype=np.int64))
   if score_mod_params is not None and score_mod is None:
     raise ValueError("`score_mod_params` was given without a `score_mod`")
-  chunk = flat_batch
-  # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
-  # gathers a batch sharded over devices in front of it, and every device
-  # then computed attention for the whole batch (compiled HLO on 8 CPU
-  # devices, jax 0.10.2). A traced array does not show its sharding here,
-  # so the batch runs in chunks only when `jax.device_count()` is 1.
-  if chunk_batch and jax.device_count() == 1:
-    chunk = _batch_chunks.batch_chunk(flat_batch, num_heads,
-                                      block_q * block_k, BATCH_CHUNK_LOGITS)
-  # Each kernel call gets tiles of `chunk` sequences.
-  tile_shape = dict(batch_size=chunk, num_kv_heads=num_kv_heads,
-                    group_size=group_size,
-                    blocks=((block_q, block_k),) + (
-                        () if backward_blocks is None else (backward_blocks,)))
-  score_mod, score_mod_params = _lifted_closures.lift_score_mod(
-      score_mod, score_mod_params, **tile_shape)
-  mask_mod, mask_mod_closed = _lifted_closures.lift_mask_mod(
-      mask_mod, **tile_shape)
   plan = Plan(
       query_length=query_length, key_length=key_length,
       num_kv_heads=num_kv_heads, group_size=group_size,
-      block_q=block_q, block_k=block_k,
+      block_q=0, block_k=0,
       scale=1.0 if fold_scale else scale,
       query_scale=scale if fold_scale else 1.0,
       is_causal=bool(is_causal), window=window,
@@ -216,7 +139,41 @@ def _prepare(
       has_key_lengths=key_value_seq_lengths is not None,
       has_segments=query_segment_ids is not None,
       has_offset=query_offset is not None,
-      dropout_rate=float(dropout_rate), backward_blocks=backward_blocks)
+      dropout_rate=float(dropout_rate))
+  chosen = _tile_sizes.choose(
+      block_q=block_q, block_k=block_k, query_length=query_length,
+      key_length=key_length, num_heads=num_heads, window=window,
+      is_causal=plan.is_causal,
+      splits=lambda block_q, block_k: splits_diagonal(dataclasses.replace(
+          plan, block_q=block_q, block_k=block_k)))
+  plan = dataclasses.replace(
+      plan, block_q=chosen.block_q, block_k=chosen.block_k,
+      backward_blocks=chosen.backward_blocks,
+      split_diagonal=chosen.split_diagonal)
+  chunk = flat_batch
+  # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
+  # gathers a batch sharded over devices in front of it, and every device
+  # then computed attention for the whole batch (compiled HLO on 8 CPU
+  # devices, jax 0.10.2). A traced array does not show its sharding here,
+  # so the batch runs in chunks only when `jax.device_count()` is 1.
+  if chunk_batch and jax.device_count() == 1:
+    chunk = _batch_chunks.batch_chunk(flat_batch, num_heads,
+                                      plan.block_q * plan.block_k,
+                                      BATCH_CHUNK_LOGITS)
+  # Each kernel call gets tiles of `chunk` sequences. Hooks are traced for
+  # every tile shape the kernel uses.
+  blocks = [(plan.block_q, plan.block_k)]
+  if plan.backward_blocks is not None:
+    blocks.append(plan.backward_blocks)
+  if plan.split_diagonal:
+    blocks.append((plan.block_q // 2, plan.block_q // 2))
+  tile_shape = dict(batch_size=chunk, num_kv_heads=num_kv_heads,
+                    group_size=group_size, blocks=tuple(blocks))
+  score_mod, score_mod_params = _lifted_closures.lift_score_mod(
+      score_mod, score_mod_params, **tile_shape)
+  mask_mod, mask_mod_closed = _lifted_closures.lift_mask_mod(
+      mask_mod, **tile_shape)
+  plan = dataclasses.replace(plan, score_mod=score_mod, mask_mod=mask_mod)
   padded = (plan.padded_query_length, key_length)
 
   # [B..., T, N, H] -> [B, T_padded, N, H]
@@ -310,8 +267,13 @@ def chunked_attention(
       `dot_product_attention`; the chunked path drops exactly the weights
       that the reference path drops for the same key.
     block_q: queries per tile; None picks 256 with a window narrower than
-      512 keys, 512 with a causal mask and 1024 otherwise, halved (down to
-      256) while heads * block_q * 512 exceeds 2**22 logits. When the
+      512 keys and 1024 otherwise, halved (down to 256) while
+      heads * block_q * 512 exceeds 2**22 logits. A causal mask keeps that
+      size when each query block's diagonal square can be computed as
+      three quarter tiles (a causal mask and no other, T a multiple of
+      block_q, and S - T a multiple of block_k); otherwise it uses 512
+      (with the same halving). Whenever a causal call meets those
+      conditions, its diagonal squares are computed in quarters. When the
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
       one chunk after another (a sharded batch stays in one piece).

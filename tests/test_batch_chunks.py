@@ -7,6 +7,7 @@ import pytest
 
 import attention_jax as aj
 from attention_jax import _batch_chunks
+from attention_jax import _tile_sizes
 from attention_jax import chunked
 from attention_jax._chunked_kernel import chunked_core
 
@@ -18,7 +19,7 @@ BATCH, QUERY_LEN, KEY_LEN, NUM_HEADS, HEAD_DIM = 6, 21, 29, 4, 8
     [(8, 8, 1), (6, 4, 2), (6, 2, 3), (5, 2, 1), (3, 1, 3), (1, 64, 1)])
 def test_batch_chunk_divides_batch(batch_size, num_heads, expected):
   chunk = _batch_chunks.batch_chunk(batch_size, num_heads, 1024 * 512,
-                                    chunked.TILE_LOGITS)
+                                    _tile_sizes.TILE_LOGITS)
   assert chunk == expected
   assert batch_size % chunk == 0
 

@@ -9,7 +9,8 @@ import attention_jax as aj
 from attention_jax import chunked
 
 
-def _prepare(query, key, value, **options):
+def prepare(query, key, value, **options):
+  """Return what `chunked._prepare` returns for these arguments."""
   arguments = dict(
       scale=None, is_causal=False, query_seq_lengths=None,
       key_value_seq_lengths=None, local_window_size=None, query_offset=None,
@@ -34,11 +35,13 @@ def _inputs(query_len, key_len, seed=0):
     [(1100, 700, {}, (512, 512)),
      (2048, 2048, {}, (512, 512)),
      (1000, 2048, {}, None),
-     (2048, 2048, dict(is_causal=True), None),
+     (2048, 2048, dict(is_causal=True), (512, 512)),
+     (1000, 1000, dict(is_causal=True), None),
      (2048, 2048, dict(block_q=1024), None)],
-    ids=["odd-lengths", "square", "short-queries", "causal", "explicit"])
+    ids=["odd-lengths", "square", "short-queries", "causal", "causal-unsplit",
+         "explicit"])
 def test_backward_blocks_default(query_len, key_len, options, expected):
-  prepared = _prepare(*_inputs(query_len, key_len), **options)
+  prepared = prepare(*_inputs(query_len, key_len), **options)
 
   assert prepared.plan.backward_blocks == expected
 
@@ -59,3 +62,27 @@ def test_backward_blocks_gradients_match_reference():
   for index, (got, want) in enumerate(zip(actual, expected)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
                                err_msg=f"gradient of argument {index}")
+
+
+@pytest.mark.parametrize(
+    "shape, options, expected",
+    [((4096, 4096), {}, (1024, 512, True)),
+     ((1536, 1536), {}, (512, 512, True)),
+     ((512, 1536), {}, (512, 512, True)),
+     ((1000, 1000), {}, (512, 512, False)),
+     ((4096, 4096), dict(query_segment_ids=np.zeros((1, 4096), np.int32),
+                         key_segment_ids=np.zeros((1, 4096), np.int32)),
+      (512, 512, False)),
+     ((4096, 4096), dict(local_window_size=(4095, 0)), (512, 512, False)),
+     ((64, 64), dict(block_q=16, block_k=16), (16, 16, True)),
+     ((64, 64), dict(block_q=16, block_k=32), (16, 32, False))],
+    ids=["long", "fallback-blocks", "offset", "odd-length", "segments",
+         "window", "explicit", "explicit-wide-keys"])
+def test_causal_tiles(shape, options, expected):
+  query_len, key_len = shape
+  query = jnp.zeros((1, query_len, 2, 8))
+  key = value = jnp.zeros((1, key_len, 2, 8))
+
+  plan = prepare(query, key, value, is_causal=True, **options).plan
+
+  assert (plan.block_q, plan.block_k, plan.split_diagonal) == expected

@@ -1,0 +1,110 @@
+"""Default tile sizes of the chunked implementation.
+
+Each constant below was chosen by timing on 2-core CPUs (8 heads, head dim
+64, float32, T = S = 1024 to 4096 unless a comment gives other sizes). The
+comments record what was measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+# Large tiles amortize the fixed cost of each loop step. Without a mask,
+# 1024 queries per tile ran about 10% faster than 512 on a 2-core Xeon
+# (forward at 4096: 200 ms against 224 ms, jax.jit matmul at about 260
+# GFLOP/s); on a 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries
+# were about 4% faster instead (226 against 235 ms), within that machine's
+# noise. Only a window narrower than a tile gains from smaller tiles, by
+# skipping more. When T is shorter than a query block (decoding), key
+# blocks grow to keep the tile area, because a loop step costs far more
+# than a few small matrix rows.
+DEFAULT_BLOCKS = (1024, 512)
+NARROW_WINDOW_BLOCKS = (256, 256)
+# A causal mask uses the default tiles when each diagonal square can be
+# computed in quarters (`_chunked_forward.splits_diagonal`). On a 2-core
+# Xeon, the causal forward pass at 4096 then took 153 to 159 ms against 168
+# to 177 ms with unsplit (512, 512) tiles, and it was faster at 512 to 2048
+# too. Otherwise (512, 512) tiles compute less of the masked triangle than
+# wider ones: unsplit (1024, 512) tiles took 169 to 172 ms at 4096.
+CAUSAL_FALLBACK_BLOCKS = (512, 512)
+# The backward pass of attention with the default (1024, 512) tiles runs
+# with (512, 512) tiles instead. Its temporary buffers then stay under 32 MB
+# at T = S = 2048 (B = 1, N = 8), the largest threshold above which glibc
+# maps each allocation afresh, so that every call page-faults its buffers
+# again. On a 2-core AMD EPYC, forward+backward took 193 to 205 ms against
+# 221 to 223 ms with (512, 1024) tiles at 2048 (27 against 43 MB of
+# buffers), and 759 to 771 ms against 821 to 825 ms at 4096. Causal
+# attention was also faster with (512, 512) tiles in its backward pass.
+BACKWARD_BLOCKS = (512, 512)
+# Query blocks shrink (down to 256) while a tile would contain more logits
+# than this, so that tiles of many heads stay near 16 MB in float32. With 64
+# heads in one tile, 256 to 1024 queries timed the same. A large batch is
+# instead split into chunks that run one after another (`_batch_chunks`).
+TILE_LOGITS = 8 * 1024 * 512
+MIN_DEFAULT_BLOCK_Q = 256
+
+
+class Tiles(NamedTuple):
+  """The tiles of one chunked attention call."""
+
+  block_q: int
+  block_k: int
+  # (block_q, block_k) of the backward pass, or None for the forward's.
+  backward_blocks: tuple[int, int] | None
+  split_diagonal: bool
+
+
+def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
+  """Return the default `(block_q, block_k)` for one batch element."""
+  if window is not None and window[0] + window[1] < DEFAULT_BLOCKS[1]:
+    return NARROW_WINDOW_BLOCKS
+  block_q, block_k = blocks
+  while (block_q > MIN_DEFAULT_BLOCK_Q
+         and num_heads * block_q * block_k > TILE_LOGITS):
+    block_q //= 2
+  return block_q, block_k
+
+
+def block_size(name: str, value: int, length: int) -> int:
+  """Return a validated block size, at most `length` (and at least 1)."""
+  if int(value) <= 0:
+    raise ValueError(f"`{name}` should be a positive integer, but got {value}")
+  # A block longer than the sequence only adds padding.
+  return int(min(int(value), max(length, 1)))
+
+
+def _resolve(default, block_q, block_k, query_length: int,
+             key_length: int) -> tuple[int, int, tuple[int, int] | None]:
+  default_q, default_k = default
+  backward_blocks = None
+  if (block_q is None and block_k is None and default == DEFAULT_BLOCKS
+      and query_length >= default_q):
+    backward_blocks = (BACKWARD_BLOCKS[0],
+                       block_size("block_k", BACKWARD_BLOCKS[1], key_length))
+  if block_k is None:
+    rows = min(default_q if block_q is None else block_q, query_length)
+    block_k = max(default_k, default_q * default_k // max(rows, 1))
+  block_q = block_size("block_q", default_q if block_q is None else block_q,
+                       query_length)
+  return block_q, block_size("block_k", block_k, key_length), backward_blocks
+
+
+def choose(*, block_q: int | None, block_k: int | None, query_length: int,
+           key_length: int, num_heads: int, window, is_causal: bool,
+           splits: Callable[[int, int], bool]) -> Tiles:
+  """Return the tiles for the caller's block sizes (None for the default).
+
+  `splits(block_q, block_k)` returns whether a causal call with those blocks
+  can compute its diagonal squares in quarters; such a call always does.
+  """
+  defaults = [_default_blocks(DEFAULT_BLOCKS, window, num_heads)]
+  if is_causal and block_q is None and block_k is None:
+    defaults.append(
+        _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads))
+  for default in defaults:
+    resolved = _resolve(default, block_q, block_k, query_length, key_length)
+    split = is_causal and splits(*resolved[:2])
+    if split:
+      break
+  return Tiles(*resolved, split_diagonal=split)
