@@ -41,6 +41,19 @@ def splits_diagonal(plan: Plan) -> bool:
           and offset % plan.block_k == 0)
 
 
+def causal_patterns(block_q: int, block_k: int) -> np.ndarray:
+  """Return the masks of the key blocks on a query block's causal diagonal.
+
+  Entry `m` of the `[block_q // block_k, 1, 1, 1, block_q, block_k]` result
+  is the tile-layout mask of the m-th key block from the diagonal's start:
+  key j is visible from row i when `m * block_k + j <= i`.
+  """
+  rows = np.arange(block_q)[:, None]
+  keys = np.arange(block_k)[None, :]
+  masks = [m * block_k + keys <= rows for m in range(block_q // block_k)]
+  return np.stack(masks)[:, None, None, None]
+
+
 def _empty_state(flat: int, rows: int, features: int):
   return (jnp.full((flat, rows, 1), -jnp.inf, tiles.F32),
           jnp.zeros((flat, rows, 1), tiles.F32),
@@ -127,8 +140,7 @@ def _diagonal_state(plan: Plan, aux, query, key, value, bias, params,
   sub = dataclasses.replace(plan, block_q=half, block_k=half)
   k_start = q_start + plan.key_length - plan.query_length
   flat = key.shape[0] * plan.num_kv_heads
-  # Key j of a diagonal quarter is visible from row i when j <= i.
-  lower = jnp.asarray(np.tril(np.ones((half, half), bool)))[None, None, None]
+  lower = jnp.asarray(causal_patterns(half, half)[0])
   states = []
   previous = None
   for rows in (0, half):

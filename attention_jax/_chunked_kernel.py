@@ -4,12 +4,14 @@ The forward pass (`_chunked_forward`) walks query blocks in sequence and,
 for each, the range of key blocks that its causal or window mask can reach,
 keeping a running maximum, normalizer and weighted sum (FlashAttention, Dao
 et al. 2022). It stores only the output and the per-row log-sum-exp. The
-backward pass here recomputes each tile's weights from the log-sum-exp instead of storing them,
-so memory grows linearly in T and S.
+backward pass here recomputes each tile's weights from the log-sum-exp
+instead of storing them, so memory grows linearly in T and S.
 
 Tiles that the causal, window, length or key-range bounds exclude are never
 visited. Tiles inside the range whose mask is all False (segments, dense
-masks, `mask_mod`) are skipped with `lax.cond`. Arrays use the layout of
+masks, `mask_mod`) are skipped with `lax.cond`. A causal mask that is the
+only mask and is aligned with the tiles needs neither: only the tiles on
+the diagonal get a mask, and it is a constant. Arrays use the layout of
 `_blocks`: query `[B, T, N, H]`, key `[B, S, K, H]`, value
 `[B, S, K, H_v]`, all views of the caller's arrays, so a long query or
 key/value cache is never copied; each tile transposes only its own block.
@@ -26,7 +28,9 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from attention_jax import _chunked_tiles as tiles
+from attention_jax._chunked_forward import causal_patterns
 from attention_jax._chunked_forward import forward as _forward
+from attention_jax._chunked_forward import splits_diagonal
 from attention_jax._blocks import Plan, tile_of
 
 
@@ -60,6 +64,12 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     row_dot = row_dot - d_logsumexp.astype(tiles.F32)
   safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)
   modifies = tiles.modifies_logits(plan)
+  # A causal mask alone, aligned with the tiles: every key block left of a
+  # query block's diagonal is visible in full, and the bq / bk key blocks
+  # on it have fixed masks.
+  split = splits_diagonal(plan)
+  if split:
+    diagonal_masks = jnp.asarray(causal_patterns(plan.block_q, plan.block_k))
 
   def query_block(block, carry):
     q_start = block * plan.block_q
@@ -70,9 +80,8 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
                            1, 2)
     dot_row = jnp.swapaxes(tiles.query_rows(plan, row_dot, q_start), 1, 2)
 
-    def visit(k_block_index, inner):
+    def visit(k_block_index, inner, diagonal_mask=None):
       k_start, first_new = tiles.key_start(plan, k_block_index)
-      mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
 
       def update(inner, mask):
         dq_t, dk, dv, dbias, dparams = inner
@@ -130,6 +139,10 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
         dv = tiles.add_key_rows(dv, dv_tile, k_start)
         return dq_t, dk, dv, dbias, dparams
 
+      if split:
+        # Only the diagonal tiles need a mask, and it is a constant.
+        return update(inner, diagonal_mask)
+      mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
       return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
                               mask, update, inner)
 
@@ -138,8 +151,19 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     # The query gradient is accumulated transposed, [B * K, H, G * bq].
     dq_t = jnp.zeros((q_rows.shape[0], q_rows.shape[2], q_rows.shape[1]),
                      tiles.F32)
-    dq_t, dk, dv, dbias, dparams = jax.lax.fori_loop(
-        first, last, visit, (dq_t, dk, dv, dbias, dparams))
+    inner = (dq_t, dk, dv, dbias, dparams)
+    if split:
+      diagonal = (q_start + plan.key_length - plan.query_length
+                  ) // plan.block_k
+      inner = jax.lax.fori_loop(first, diagonal, visit, inner)
+      inner = jax.lax.fori_loop(
+          diagonal, last,
+          lambda index, inner: visit(index, inner,
+                                     diagonal_masks[index - diagonal]),
+          inner)
+    else:
+      inner = jax.lax.fori_loop(first, last, visit, inner)
+    dq_t, dk, dv, dbias, dparams = inner
     dq = tiles.put_query_rows(plan, dq, jnp.swapaxes(dq_t, 1, 2), q_start)
     return dq, dk, dv, dbias, dparams
 
