@@ -36,16 +36,21 @@ def batch_chunk(batch_size: int, num_heads: int, tile_area: int,
 
 
 def core_in_chunks(plan: Plan, chunk: int, query, key, value, bias, aux,
-                   params):
+                   params, *, vectorize: bool = False):
   """Return `chunked_core(...)` computed `chunk` batch elements at a time.
 
   Arrays use the block layout (batch first). The kernel receives each chunk's
   first global batch index in `aux["batch_start"]`, so `score_mod`,
   `mask_mod` and dropout receive the same batch indices as in one call.
+  With `vectorize` (and `chunk` 1), `jax.vmap` maps the kernel over the
+  batch instead of a loop, so the batch stays an axis of its own in every
+  tile (see `chunked._vectorizes_batch`).
   """
   batch_size = query.shape[0]
   if chunk >= batch_size:
     return chunked_core(plan, query, key, value, bias, aux, params)
+  if vectorize and chunk != 1:
+    raise ValueError(f"A vectorized batch needs chunks of 1, got {chunk}")
   count = batch_size // chunk
 
   def split(x):
@@ -78,7 +83,10 @@ def core_in_chunks(plan: Plan, chunk: int, query, key, value, bias, aux,
       return out[0], logsumexp[0]
     return out, logsumexp
 
-  out, logsumexp = jax.lax.map(one_chunk, mapped)
+  if vectorize:
+    out, logsumexp = jax.vmap(one_chunk)(mapped)
+  else:
+    out, logsumexp = jax.lax.map(one_chunk, mapped)
   if chunk == 1:
     return out, logsumexp
   return (out.reshape(batch_size, *out.shape[2:]),

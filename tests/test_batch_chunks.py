@@ -47,8 +47,10 @@ def _per_batch_options(seed):
       dropout_rate=0.25, dropout_rng=jax.random.key(seed))
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_chunks_equal_one_call(chunk):
+@pytest.mark.parametrize("chunk, vectorize",
+                         [(1, False), (2, False), (3, False), (1, True)],
+                         ids=["1", "2", "3", "vmap"])
+def test_chunks_equal_one_call(chunk, vectorize):
   query, key, value = _inputs(0)
   options = _per_batch_options(1)
   bias, mask = options.pop("bias"), options.pop("mask")
@@ -62,7 +64,8 @@ def test_chunks_equal_one_call(chunk):
   def loss(split, query, key, value, bias):
     if split:
       out, lse = _batch_chunks.core_in_chunks(
-          prepared.plan, chunk, query, key, value, bias, prepared.aux, None)
+          prepared.plan, chunk, query, key, value, bias, prepared.aux, None,
+          vectorize=vectorize)
     else:
       out, lse = chunked_core(prepared.plan, query, key, value, bias,
                               prepared.aux, None)

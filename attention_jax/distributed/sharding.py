@@ -26,12 +26,15 @@ step (compiled HLO on 8 CPU devices, jax 0.10.2). The chunked path's loop
 over batch chunks would make XLA gather the batch, so it is used only when
 JAX sees a single device.
 
-NOTE: with key/value heads sharded over the model axis and more than one
-sequence per device, XLA gathers each key/value block over the model axis
-inside the chunked loop (observed with B = 8 on a 4 x 2 mesh). The kernel
-merges batch and key/value heads into one axis, batch first, so a device's
-share of it is not contiguous. One sequence per device, or replicated
-key/value heads, avoid it.
+With more than one device, the chunked kernel is mapped over the batch
+with `jax.vmap`, so that batch and key/value heads stay separate axes of
+every tile and both stay sharded (see `chunked._vectorizes_batch`).
+
+NOTE: per-sequence masks (lengths, segment ids, a dense mask, `mask_mod`,
+`query_offset`) keep the merged batch-and-heads layout. With key/value
+heads sharded over the model axis and more than one sequence per device,
+XLA then gathers each key/value block over the model axis inside the
+chunked loop (observed with B = 8 on a 4 x 2 mesh).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+import attention_jax as aj
+from attention_jax import chunked
 from attention_jax.distributed import activation_spec
 from attention_jax.distributed import parameter_specs
 from attention_jax.distributed import shard_activations
@@ -188,12 +190,14 @@ def test_shard_module_rejects_missing_axis():
 @pytest.mark.parametrize("mesh_shape, names, batch", [
     ((8,), ("data",), 8),
     ((4, 2), ("data", "model"), 4),
+    ((4, 2), ("data", "model"), 8),
 ])
 def test_chunked_attention_keeps_batch_and_heads_sharded(mesh_shape, names,
                                                          batch):
   # 1024 tokens per sequence make more than one batch chunk on a single
   # device. A loop over chunks made XLA gather the whole batch on every
-  # device.
+  # device, and with two sequences per device on the 4 x 2 mesh a kernel
+  # that merged batch and key/value heads gathered every key/value block.
   mesh = jax.make_mesh(mesh_shape, names,
                        axis_types=(AxisType.Auto,) * len(names))
   module = MultiHeadAttention(
@@ -210,3 +214,52 @@ def test_chunked_attention_keeps_batch_and_heads_sharded(mesh_shape, names,
 
   assert " all-gather(" not in hlo
   assert hlo.count(" all-reduce(") == (1 if "model" in names else 0)
+
+
+def test_vectorized_chunked_attention_matches_reference():
+  # With more than one device the chunked kernel is mapped over the batch
+  # with vmap; per-sequence bias, batch-indexed score_mod and dropout must
+  # see the same batch indices as the reference path.
+  mesh = data_model_mesh()
+  rng = np.random.default_rng(3)
+  query = rng.standard_normal((8, 64, 4, 8)).astype(np.float32)
+  key = rng.standard_normal((8, 64, 2, 8)).astype(np.float32)
+  value = rng.standard_normal((8, 64, 2, 8)).astype(np.float32)
+  bias = rng.standard_normal((8, 1, 64, 64)).astype(np.float32)
+  query, key, value = (
+      jax.device_put(array, NamedSharding(
+          mesh, PartitionSpec("data", None, "model", None)))
+      for array in (query, key, value))
+
+  def per_sequence(score, batch, head, q_index, kv_index):
+    del head, q_index, kv_index
+    return score + 0.1 * batch.astype(score.dtype)
+
+  options = dict(is_causal=True, score_mod=per_sequence, dropout_rate=0.2,
+                 dropout_rng=jax.random.key(4))
+  prepared = chunked._prepare(
+      query, key, value, bias, None, scale=None, query_seq_lengths=None,
+      key_value_seq_lengths=None, local_window_size=None, query_offset=None,
+      query_segment_ids=None, key_segment_ids=None, logits_soft_cap=None,
+      score_mod_params=None, mask_mod=None, deterministic=False,
+      block_q=16, block_k=8, **options)
+  assert prepared.vectorize_batch
+
+  def loss(implementation, query, key, value, bias):
+    if implementation == "chunked":
+      out = aj.chunked_attention(query, key, value, bias, block_q=16,
+                                 block_k=8, **options)
+    else:
+      out = aj.dot_product_attention(query, key, value, bias,
+                                     implementation="reference", **options)
+    return jnp.sum(out * jnp.cos(out)), out
+
+  grad = jax.value_and_grad(loss, (1, 2, 3, 4), has_aux=True)
+  (_, expected), expected_grads = grad("reference", query, key, value, bias)
+  (_, actual), actual_grads = jax.jit(grad, static_argnums=0)(
+      "chunked", query, key, value, bias)
+
+  np.testing.assert_allclose(actual, expected, **tolerance(np.float32))
+  for index, (got, want) in enumerate(zip(actual_grads, expected_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")
