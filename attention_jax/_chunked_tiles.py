@@ -244,6 +244,23 @@ def valid_entries(plan: Plan, mask, logits, transposed: bool = False):
   return mask
 
 
+# Per-sequence aux entries whose batch-wide extremes decide loop bounds and
+# tile skipping. `_batch_chunks` passes those extremes precomputed, as
+# "<name>_min" and "<name>_max", when it maps the kernel over the batch
+# with `jax.vmap`, so that no bound depends on the mapped sequence.
+BOUNDED = ("offset", "query_lengths", "key_lengths")
+
+
+def batch_min(aux: dict, name: str) -> jax.Array:
+  """Return the smallest value of per-sequence `aux[name]` over the batch."""
+  return aux[name + "_min"] if name + "_min" in aux else jnp.min(aux[name])
+
+
+def batch_max(aux: dict, name: str) -> jax.Array:
+  """Return the largest value of per-sequence `aux[name]` over the batch."""
+  return aux[name + "_max"] if name + "_max" in aux else jnp.max(aux[name])
+
+
 def key_block_range(plan: Plan, aux: dict, block):
   """Return `[first, last)` key blocks that query block `block` can see."""
   first = jnp.int32(0)
@@ -252,7 +269,7 @@ def key_block_range(plan: Plan, aux: dict, block):
   q_last = jnp.minimum(q_first + plan.block_q, plan.query_length) - 1
   if plan.uses_positions:
     if plan.has_offset:
-      low, high = jnp.min(aux["offset"]), jnp.max(aux["offset"])
+      low, high = batch_min(aux, "offset"), batch_max(aux, "offset")
     else:
       low = high = plan.key_length - plan.query_length
     first_position = low + q_first
@@ -264,10 +281,10 @@ def key_block_range(plan: Plan, aux: dict, block):
       first = jnp.maximum(first, (first_position - left) // plan.block_k)
       last = jnp.minimum(last, (last_position + right) // plan.block_k + 1)
   if plan.has_key_lengths:
-    longest = jnp.max(aux["key_lengths"])
+    longest = batch_max(aux, "key_lengths")
     last = jnp.minimum(last, -(-longest // plan.block_k))
   if plan.has_query_lengths:
-    last = jnp.where(q_first < jnp.max(aux["query_lengths"]), last, first)
+    last = jnp.where(q_first < batch_max(aux, "query_lengths"), last, first)
   first = jnp.clip(first, 0, plan.num_k_blocks).astype(jnp.int32)
   last = jnp.clip(last, first, plan.num_k_blocks).astype(jnp.int32)
   return first, last
@@ -289,7 +306,7 @@ def tile_bounds(plan: Plan, aux: dict, q_start, k_start, first_new):
     every = every & (k_first >= first_new)
   if plan.uses_positions:
     if plan.has_offset:
-      low, high = jnp.min(aux["offset"]), jnp.max(aux["offset"])
+      low, high = batch_min(aux, "offset"), batch_max(aux, "offset")
     else:
       low = high = plan.key_length - plan.query_length
     # Key minus query position over the tile, for any batch element.
@@ -307,11 +324,11 @@ def tile_bounds(plan: Plan, aux: dict, q_start, k_start, first_new):
       some = some & (farthest >= -left)
       every = every & (nearest >= -left)
   if plan.has_key_lengths:
-    some = some & (k_first < jnp.max(aux["key_lengths"]))
-    every = every & (k_last < jnp.min(aux["key_lengths"]))
+    some = some & (k_first < batch_max(aux, "key_lengths"))
+    every = every & (k_last < batch_min(aux, "key_lengths"))
   if plan.has_query_lengths:
-    some = some & (q_first < jnp.max(aux["query_lengths"]))
-    every = every & (q_last < jnp.min(aux["query_lengths"]))
+    some = some & (q_first < batch_max(aux, "query_lengths"))
+    every = every & (q_last < batch_min(aux, "query_lengths"))
   return some, every
 
 

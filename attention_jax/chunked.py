@@ -52,12 +52,12 @@ def _vectorizes_batch(plan: Plan, flat_batch: int) -> bool:
   `vmap` the batch stays an axis of its own in every tile, and no block is
   gathered. On one device that layout was 3% to 11% slower than one loop
   over the merged axis, so it is used only with more than one device, and
-  only with key/value heads to shard. Per-sequence masks are left out:
-  under `vmap`, the branch that skips an empty tile would depend on the
-  sequence, so every branch would run.
+  only with key/value heads to shard. Segment ids, dense masks and
+  `mask_mod` are left out: the branch that skips a tile they leave empty
+  would depend on the sequence under `vmap`, so every branch would run.
+  Lengths and offsets decide it from batch-wide extremes instead.
   """
-  per_sequence = (plan.has_mask or plan.has_offset or plan.has_query_lengths
-                  or plan.has_key_lengths or plan.has_segments
+  per_sequence = (plan.has_mask or plan.has_segments
                   or plan.mask_mod is not None)
   return (jax.device_count() > 1 and flat_batch > 1
           and plan.num_kv_heads > 1 and not per_sequence)
@@ -302,9 +302,9 @@ def chunked_attention(
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
       one chunk after another. With more than one device, calls without
-      per-sequence masks map the kernel over the batch with `jax.vmap`
-      instead, so that a sharded batch and sharded key/value heads stay
-      sharded.
+      segment ids, a dense mask or `mask_mod` map the kernel over the
+      batch with `jax.vmap` instead, so that a sharded batch and sharded
+      key/value heads stay sharded.
     block_k: keys per tile; None picks 512 (256 with a window narrower than
       512 keys), or more keys when T is shorter than a query block, keeping
       the tile area.

@@ -30,11 +30,11 @@ With more than one device, the chunked kernel is mapped over the batch
 with `jax.vmap`, so that batch and key/value heads stay separate axes of
 every tile and both stay sharded (see `chunked._vectorizes_batch`).
 
-NOTE: per-sequence masks (lengths, segment ids, a dense mask, `mask_mod`,
-`query_offset`) keep the merged batch-and-heads layout. With key/value
-heads sharded over the model axis and more than one sequence per device,
-XLA then gathers each key/value block over the model axis inside the
-chunked loop (observed with B = 8 on a 4 x 2 mesh).
+NOTE: segment ids, a dense mask or `mask_mod` keep the merged
+batch-and-heads layout. With key/value heads sharded over the model axis
+and more than one sequence per device, XLA then gathers each key/value
+block over the model axis inside the chunked loop (observed with B = 8 on
+a 4 x 2 mesh).
 """
 
 from __future__ import annotations

@@ -218,8 +218,8 @@ def test_chunked_attention_keeps_batch_and_heads_sharded(mesh_shape, names,
 
 def test_vectorized_chunked_attention_matches_reference():
   # With more than one device the chunked kernel is mapped over the batch
-  # with vmap; per-sequence bias, batch-indexed score_mod and dropout must
-  # see the same batch indices as the reference path.
+  # with vmap; per-sequence bias, batch-indexed score_mod, dropout and
+  # key lengths must see the same batch indices as the reference path.
   mesh = data_model_mesh()
   rng = np.random.default_rng(3)
   query = rng.standard_normal((8, 64, 4, 8)).astype(np.float32)
@@ -236,10 +236,11 @@ def test_vectorized_chunked_attention_matches_reference():
     return score + 0.1 * batch.astype(score.dtype)
 
   options = dict(is_causal=True, score_mod=per_sequence, dropout_rate=0.2,
-                 dropout_rng=jax.random.key(4))
+                 dropout_rng=jax.random.key(4),
+                 key_value_seq_lengths=np.array([64, 5, 0, 40] * 2, np.int32))
   prepared = chunked._prepare(
       query, key, value, bias, None, scale=None, query_seq_lengths=None,
-      key_value_seq_lengths=None, local_window_size=None, query_offset=None,
+      local_window_size=None, query_offset=None,
       query_segment_ids=None, key_segment_ids=None, logits_soft_cap=None,
       score_mod_params=None, mask_mod=None, deterministic=False,
       block_q=16, block_k=8, **options)
@@ -263,3 +264,20 @@ def test_vectorized_chunked_attention_matches_reference():
   for index, (got, want) in enumerate(zip(actual_grads, expected_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
                                err_msg=f"gradient of argument {index}")
+
+
+def test_chunked_lengths_keep_heads_sharded():
+  # Sequence lengths bound the tile loop through batch-wide extremes, so
+  # they keep the vmapped layout and no key/value block is gathered.
+  mesh = data_model_mesh()
+  spec = NamedSharding(mesh, PartitionSpec("data", None, "model", None))
+  query = jax.device_put(jnp.ones((8, 1024, 4, 8)), spec)
+  key = value = jax.device_put(jnp.ones((8, 1024, 2, 8)), spec)
+  lengths = jnp.arange(8, dtype=jnp.int32) * 100 + 300
+
+  hlo = jax.jit(lambda query, key, value, lengths: aj.chunked_attention(
+      query, key, value, is_causal=True, query_seq_lengths=lengths,
+      key_value_seq_lengths=lengths)).lower(
+          query, key, value, lengths).compile().as_text()
+
+  assert " all-gather(" not in hlo
