@@ -51,7 +51,8 @@ def core_in_chunks(plan: Plan, chunk: int, query, key, value, bias, aux,
   if chunk >= batch_size:
     return chunked_core(plan, query, key, value, bias, aux, params)
   if vectorize and chunk != 1:
-    raise ValueError(f"A vectorized batch needs chunks of 1, got {chunk}")
+    raise ValueError(
+        f"`chunk` should be 1 with `vectorize=True`, but got {chunk}")
   if vectorize:
     # Loop bounds and tile skipping use batch-wide extremes, computed here
     # once, so that they do not depend on the sequence that vmap maps.

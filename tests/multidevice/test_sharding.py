@@ -218,8 +218,9 @@ def test_chunked_attention_keeps_batch_and_heads_sharded(mesh_shape, names,
 
 def test_vectorized_chunked_attention_matches_reference():
   # With more than one device the chunked kernel is mapped over the batch
-  # with vmap; per-sequence bias, batch-indexed score_mod, dropout and
-  # key lengths must see the same batch indices as the reference path.
+  # with vmap. A per-sequence bias, a batch-indexed score_mod, dropout and
+  # key lengths must then see the same batch indices as on the reference
+  # path.
   mesh = data_model_mesh()
   rng = np.random.default_rng(3)
   query = rng.standard_normal((8, 64, 4, 8)).astype(np.float32)
