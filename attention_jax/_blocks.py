@@ -54,9 +54,6 @@ class Plan:
   # (the softmax scale when that is exact there, else 1). The query
   # gradient includes it.
   query_scale: float = 1.0
-  # Whether the forward pass computes each query block's causal diagonal
-  # square as three quarter tiles (see `_chunked_forward`).
-  split_diagonal: bool = False
 
   @property
   def num_q_blocks(self) -> int:
@@ -88,6 +85,27 @@ class Plan:
     return (self.needs_bounds or self.uses_positions or self.has_mask
             or self.has_query_lengths or self.has_key_lengths
             or self.has_segments or self.mask_mod is not None)
+
+  @property
+  def split_diagonal(self) -> bool:
+    """Whether each causal diagonal square is computed in quarters.
+
+    The forward pass then computes each query block's diagonal square as
+    three quarter tiles, and both passes visit the key blocks left of it
+    with no mask (see `_chunked_forward`). That needs a causal mask and no
+    other mask, no query padding, and a diagonal that starts each query
+    block on a key block boundary.
+    """
+    offset = self.key_length - self.query_length
+    other_masks = (self.window is not None or self.has_offset
+                   or self.has_mask or self.has_query_lengths
+                   or self.has_key_lengths or self.has_segments
+                   or self.mask_mod is not None)
+    return (self.is_causal and not other_masks and offset >= 0
+            and self.block_q % 2 == 0
+            and self.query_length % self.block_q == 0
+            and self.block_q % self.block_k == 0
+            and offset % self.block_k == 0)
 
   @property
   def can_produce_neg_inf(self) -> bool:

@@ -6,7 +6,7 @@ mask can reach, keeping a running maximum, normalizer and weighted sum
 per-row log-sum-exp.
 
 With a causal mask whose diagonal runs through whole tiles (see
-`splits_diagonal`), a query block attends to the key blocks left of its
+`Plan.split_diagonal`), a query block attends to the key blocks left of its
 diagonal in full and to the diagonal square `[bq, bq]` in part. The square
 is then computed as three `[bq / 2, bq / 2]` tiles, skipping its empty
 top-right quarter, and the key blocks left of it need no mask at all.
@@ -22,23 +22,6 @@ import numpy as np
 
 from attention_jax import _chunked_tiles as tiles
 from attention_jax._blocks import Plan, tile_of
-
-
-def splits_diagonal(plan: Plan) -> bool:
-  """Return whether `plan` computes each causal diagonal square in quarters.
-
-  That needs a causal mask and no other mask, no query padding, and a
-  diagonal that starts each query block on a key block boundary.
-  """
-  offset = plan.key_length - plan.query_length
-  other_masks = (plan.window is not None or plan.has_offset or plan.has_mask
-                 or plan.has_query_lengths or plan.has_key_lengths
-                 or plan.has_segments or plan.mask_mod is not None)
-  return (plan.is_causal and not other_masks and offset >= 0
-          and plan.block_q % 2 == 0
-          and plan.query_length % plan.block_q == 0
-          and plan.block_q % plan.block_k == 0
-          and offset % plan.block_k == 0)
 
 
 def causal_patterns(block_q: int, block_k: int) -> np.ndarray:
@@ -133,8 +116,8 @@ def _diagonal_state(plan: Plan, aux, query, key, value, bias, params,
   Rows `[q_start, q_start + bq)` attend to the keys at the same causal
   positions through a lower-triangular mask. The top half of the rows
   attends only to the first half of those keys, so the square is three
-  tiles of half the size: the top half's, masked, and the bottom half's
-  over each half of the keys, masked only on its own diagonal.
+  tiles of half the size. The top half's tile is masked. The bottom half
+  has a tile for each half of the keys, and only the second is masked.
   """
   half = plan.block_q // 2
   sub = dataclasses.replace(plan, block_q=half, block_k=half)
@@ -162,7 +145,6 @@ def forward(plan: Plan, query, key, value, bias, aux, params):
   batch_size = query.shape[0]
   rows = plan.group_size * plan.block_q
   flat = batch_size * plan.num_kv_heads
-  split = plan.split_diagonal
 
   def query_block(block, outputs):
     q_start = block * plan.block_q
@@ -173,7 +155,7 @@ def forward(plan: Plan, query, key, value, bias, aux, params):
       update = lambda state, mask: _tile_update(
           plan, aux, q_rows, q_start, k_start, key, value, bias, params,
           state, mask)
-      if split:
+      if plan.split_diagonal:
         # Every key block left of the diagonal is visible in full.
         return update(state, None)
       mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start,
@@ -182,7 +164,7 @@ def forward(plan: Plan, query, key, value, bias, aux, params):
                               update, state)
 
     first, last = tiles.key_block_range(plan, aux, block)
-    if split:
+    if plan.split_diagonal:
       init = _diagonal_state(plan, aux, query, key, value, bias, params,
                              q_start)
       diagonal = (q_start + plan.key_length - plan.query_length

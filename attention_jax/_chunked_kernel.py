@@ -30,7 +30,6 @@ from jax.custom_derivatives import SymbolicZero
 from attention_jax import _chunked_tiles as tiles
 from attention_jax._chunked_forward import causal_patterns
 from attention_jax._chunked_forward import forward as _forward
-from attention_jax._chunked_forward import splits_diagonal
 from attention_jax._blocks import Plan, tile_of
 
 
@@ -64,10 +63,10 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     row_dot = row_dot - d_logsumexp.astype(tiles.F32)
   safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)
   modifies = tiles.modifies_logits(plan)
-  # A causal mask alone, aligned with the tiles: every key block left of a
-  # query block's diagonal is visible in full, and the bq / bk key blocks
-  # on it have fixed masks.
-  split = splits_diagonal(plan)
+  # With a causal mask alone, aligned with the tiles, every key block left
+  # of a query block's diagonal is visible in full. The bq / bk key blocks
+  # on the diagonal have fixed masks.
+  split = plan.split_diagonal
   if split:
     diagonal_masks = jnp.asarray(causal_patterns(plan.block_q, plan.block_k))
 

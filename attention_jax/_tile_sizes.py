@@ -13,7 +13,7 @@ from typing import NamedTuple
 # Large tiles amortize the fixed cost of each loop step. Without a mask,
 # 1024 queries per tile ran about 10% faster than 512 on a 2-core Xeon
 # (forward at 4096: 200 ms against 224 ms, jax.jit matmul at about 260
-# GFLOP/s); on a 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries
+# GFLOP/s). On a 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries
 # were about 4% faster instead (226 against 235 ms), within that machine's
 # noise. Only a window narrower than a tile gains from smaller tiles, by
 # skipping more. When T is shorter than a query block (decoding), key
@@ -22,7 +22,7 @@ from typing import NamedTuple
 DEFAULT_BLOCKS = (1024, 512)
 NARROW_WINDOW_BLOCKS = (256, 256)
 # A causal mask uses the default tiles when each diagonal square can be
-# computed in quarters (`_chunked_forward.splits_diagonal`). On a 2-core
+# computed in quarters (`Plan.split_diagonal`). On a 2-core
 # Xeon, the causal forward pass at 4096 then took 153 to 159 ms against 168
 # to 177 ms with unsplit (512, 512) tiles, and it was faster at 512 to 2048
 # too. Otherwise (512, 512) tiles compute less of the masked triangle than
@@ -52,7 +52,6 @@ class Tiles(NamedTuple):
   block_k: int
   # (block_q, block_k) of the backward pass, or None for the forward's.
   backward_blocks: tuple[int, int] | None
-  split_diagonal: bool
 
 
 def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
@@ -96,7 +95,8 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
   """Return the tiles for the caller's block sizes (None for the default).
 
   `splits(block_q, block_k)` returns whether a causal call with those blocks
-  can compute its diagonal squares in quarters; such a call always does.
+  can compute its diagonal squares in quarters. A call that can always
+  does, so a causal call takes the first default that allows it.
   """
   defaults = [_default_blocks(DEFAULT_BLOCKS, window, num_heads)]
   if is_causal and block_q is None and block_k is None:
@@ -104,7 +104,6 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
         _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads))
   for default in defaults:
     resolved = _resolve(default, block_q, block_k, query_length, key_length)
-    split = is_causal and splits(*resolved[:2])
-    if split:
+    if is_causal and splits(*resolved[:2]):
       break
-  return Tiles(*resolved, split_diagonal=split)
+  return Tiles(*resolved)

@@ -26,7 +26,6 @@ from attention_jax import _tile_sizes
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
 from attention_jax._blocks import Plan, to_block_layout
-from attention_jax._chunked_forward import splits_diagonal
 from attention_jax._chunked_kernel import chunked_backward
 
 # A batch runs in chunks of sequences while the tiles of the whole batch
@@ -166,12 +165,11 @@ def _prepare(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
       is_causal=plan.is_causal,
-      splits=lambda block_q, block_k: splits_diagonal(dataclasses.replace(
-          plan, block_q=block_q, block_k=block_k)))
+      splits=lambda block_q, block_k: dataclasses.replace(
+          plan, block_q=block_q, block_k=block_k).split_diagonal)
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
-      backward_blocks=chosen.backward_blocks,
-      split_diagonal=chosen.split_diagonal)
+      backward_blocks=chosen.backward_blocks)
   chunk = flat_batch
   # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
   # gathers a batch sharded over devices in front of it, and every device

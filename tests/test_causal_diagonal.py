@@ -120,7 +120,7 @@ def test_split_low_precision_matches_oracle(dtype):
 
 
 def test_split_keeps_nan_queries_in_their_rows():
-  # The quarters are ordered through the top half's softmax state; a NaN
+  # The quarters are ordered through the top half's softmax state. A NaN
   # query in the top half must not reach the rows below it.
   query, key, value = _inputs(7)
   query = query.at[0, 0, 0].set(jnp.nan)
