@@ -10,6 +10,11 @@ With a causal mask whose diagonal runs through whole tiles (see
 diagonal in full and to the diagonal square `[bq, bq]` in part. The square
 is then computed as three `[bq / 2, bq / 2]` tiles, skipping its empty
 top-right quarter, and the key blocks left of it need no mask at all.
+
+Where every tile after a query block's first is visible in full, those
+tiles keep the row maxima of the first tile as their shift and skip the
+maximum pass (`fixed_shift_applies`). An exact pass with running maxima
+replaces the result if the weights could overflow.
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ def _empty_state(flat: int, rows: int, features: int):
 
 
 def _tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
-                 params, state, mask):
+                 params, state, mask, fixed_shift: bool = False):
   """Fold one tile into the running `(row_max, total, acc)` of its rows.
 
   `mask` is the broadcastable tile mask, or None when every entry is
-  visible.
+  visible. With `fixed_shift`, the weights are shifted by `row_max` as it
+  is, with no maximum pass over the tile (see `fixed_shift_applies`).
   """
   batch_size = key.shape[0]
   row_max, total, acc = state
@@ -60,26 +66,33 @@ def _tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
   valid = tiles.valid_entries(plan, mask, logits)
   if valid is not None:
     logits = jnp.where(valid, logits, -jnp.inf)
-  new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
-  # A row with nothing visible yet keeps a maximum of -inf; shift it by 0
-  # so that exp gives 0 instead of NaN.
-  shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+  if fixed_shift:
+    new_max, shift, correction = row_max, row_max, None
+  else:
+    new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
+    # A row with nothing visible yet keeps a maximum of -inf; shift it by 0
+    # so that exp gives 0 instead of NaN.
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+    correction = jnp.exp(row_max - shift)
   probs = jnp.exp(logits - shift)
-  correction = jnp.exp(row_max - shift)
   # Low-precision weights are rounded once, in the exp pass. The running
   # sum adds those rounded weights in float32, so each output is normalized
   # by the sum of the weights it actually used.
   rounded = tiles.round_to(probs, value.dtype)
-  total = total * correction + jnp.sum(rounded, -1, keepdims=True,
-                                       dtype=tiles.F32)
+  total = _rescaled(total, correction) + jnp.sum(
+      rounded, -1, keepdims=True, dtype=tiles.F32)
   # Dropout acts on the normalized weights, so it scales only the weighted
   # sum, never the normalizer.
   dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
   if dropout is not None:
     rounded = tiles.round_to(probs * dropout, value.dtype)
-  acc = acc * correction + jnp.einsum(
+  acc = _rescaled(acc, correction) + jnp.einsum(
       "xrs,xsv->xrv", rounded, v_rows, preferred_element_type=tiles.F32)
   return new_max, total, acc
+
+
+def _rescaled(x, correction):
+  return x if correction is None else x * correction
 
 
 def _after(x: jax.Array, state) -> jax.Array:
@@ -140,29 +153,80 @@ def _diagonal_state(plan: Plan, aux, query, key, value, bias, params,
   return _join_halves(plan, *states)
 
 
-def forward(plan: Plan, query, key, value, bias, aux, params):
-  """Return `(out [B, T_pad, N, H_v], logsumexp [B, T_pad, N])`."""
+def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
+  """Return whether a query block's later tiles keep the shift of its first.
+
+  The online softmax shifts each tile's logits by the running row maximum,
+  which costs a pass over the tile for the maximum and a rescaling of the
+  running sum and accumulator. Where every tile after a query block's first
+  is visible in full (no mask, or a causal diagonal computed first, see
+  `Plan.split_diagonal`), those tiles instead keep the maximum of the rows'
+  first tile (or diagonal square) as the shift. A later logit above it
+  gives a weight above 1, which float32 represents with the same relative
+  precision up to about exp(88). If a row's sum of weights could make its
+  accumulator overflow, or is not finite, the whole pass runs again with
+  running maxima (`_exact_unless_bounded`), so the result never depends on
+  how far the logits of later tiles rise. On a 2-core Xeon (8 heads, head dim 64,
+  float32, T = S = 4096) the forward pass took 192 ms against 207 ms, and
+  a causal one 120 ms against 124 ms.
+
+  Left out:
+  - a bias or `score_mod`, which can leave a row's first tile at -inf;
+  - float16 weights, whose largest value is exp(11);
+  - more than one device, where the check would reduce over devices.
+  """
+  unmasked = not plan.has_tile_mask or plan.split_diagonal
+  return (unmasked and not plan.can_produce_neg_inf
+          and jnp.dtype(value_dtype) != jnp.float16
+          and jax.device_count() == 1)
+
+
+# A row's accumulator is at most its sum of weights times the largest
+# absolute value (and the dropout scale). Below this bound it stays finite,
+# with a margin for rounding the weights to a low-precision value dtype.
+_ACCUMULATOR_LIMIT = 1e36
+
+
+def _visitor(plan: Plan, fixed_shift: bool, q_start, q_rows, key, value, bias,
+             aux, params):
+  """Return `visit(k_block_index, state)`, which folds in one key block."""
+  batch_size = key.shape[0]
+
+  def visit(k_block_index, state):
+    k_start, first_new = tiles.key_start(plan, k_block_index)
+    update = lambda state, mask: _tile_update(
+        plan, aux, q_rows, q_start, k_start, key, value, bias, params,
+        state, mask, fixed_shift)
+    if plan.split_diagonal:
+      # Every key block left of the diagonal is visible in full.
+      return update(state, None)
+    mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start,
+                           first_new)
+    return tiles.visit_tile(plan, aux, q_start, k_start, first_new, mask,
+                            update, state)
+  return visit
+
+
+def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
+          params):
+  """Return `(out, logsumexp, bounded)` of one pass over every query block.
+
+  `bounded` is whether every row's sum of weights keeps its accumulator
+  within `_ACCUMULATOR_LIMIT`, always True without `fixed_shift`.
+  """
   batch_size = query.shape[0]
   rows = plan.group_size * plan.block_q
   flat = batch_size * plan.num_kv_heads
+  if fixed_shift:
+    largest = jnp.max(jnp.abs(value)).astype(tiles.F32)
+    if plan.dropout_rate:
+      largest = largest / (1.0 - plan.dropout_rate)
 
   def query_block(block, outputs):
     q_start = block * plan.block_q
     q_rows = tiles.scaled_query_rows(plan, query, q_start)
-
-    def visit(k_block_index, state):
-      k_start, first_new = tiles.key_start(plan, k_block_index)
-      update = lambda state, mask: _tile_update(
-          plan, aux, q_rows, q_start, k_start, key, value, bias, params,
-          state, mask)
-      if plan.split_diagonal:
-        # Every key block left of the diagonal is visible in full.
-        return update(state, None)
-      mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start,
-                             first_new)
-      return tiles.visit_tile(plan, aux, q_start, k_start, first_new, mask,
-                              update, state)
-
+    visit = _visitor(plan, fixed_shift, q_start, q_rows, key, value, bias,
+                     aux, params)
     first, last = tiles.key_block_range(plan, aux, block)
     if plan.split_diagonal:
       init = _diagonal_state(plan, aux, query, key, value, bias, params,
@@ -172,17 +236,53 @@ def forward(plan: Plan, query, key, value, bias, aux, params):
       last = jnp.asarray(diagonal, jnp.int32)
     else:
       init = _empty_state(flat, rows, value.shape[-1])
+    if fixed_shift and not plan.split_diagonal:
+      # The first key block sets the shift of every row.
+      init = _visitor(plan, False, q_start, q_rows, key, value, bias, aux,
+                      params)(first, init)
+      first = first + 1
     row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
+    out_buffer, logsumexp_buffer, bounded = outputs
+    if fixed_shift:
+      # NaN compares False, so a NaN or infinite sum (infinity times a zero
+      # `largest` is NaN) also leads to the exact pass.
+      bounded = bounded & (jnp.max(total) * largest < _ACCUMULATOR_LIMIT)
     seen = total > 0
     safe_total = jnp.where(seen, total, 1.0)
     out = acc / safe_total
     logsumexp = jnp.where(seen, row_max + jnp.log(safe_total), -jnp.inf)
-    out_buffer, logsumexp_buffer = outputs
     return (tiles.put_query_rows(plan, out_buffer, out, q_start),
-            tiles.put_query_rows(plan, logsumexp_buffer, logsumexp, q_start))
+            tiles.put_query_rows(plan, logsumexp_buffer, logsumexp, q_start),
+            bounded)
 
   # Each block is written in place, so the output needs no stacking and
   # transposing copy after the loop.
   outputs = (jnp.zeros(query.shape[:-1] + value.shape[-1:], value.dtype),
-             jnp.zeros(query.shape[:-1], tiles.F32))
+             jnp.zeros(query.shape[:-1], tiles.F32), jnp.asarray(True))
   return jax.lax.fori_loop(0, plan.num_q_blocks, query_block, outputs)
+
+
+def _exact_unless_bounded(plan: Plan, result, bounded, operands):
+  """Return `result`, or the result of a pass with running maxima.
+
+  A loop that runs at most once, rather than `lax.cond`: returning
+  `result` from a branch copied the whole output (a causal forward pass
+  at 4096 took 3% longer). Under `jax.vmap` the loop runs when any
+  sequence needs it and keeps the other sequences' results, where a
+  mapped `lax.cond` would run both branches every time.
+  """
+  def exact(carry):
+    del carry
+    return *_pass(plan, False, *operands)[:2], jnp.asarray(True)
+  *result, _ = jax.lax.while_loop(lambda carry: ~carry[-1], exact,
+                                  (*result, bounded))
+  return tuple(result)
+
+
+def forward(plan: Plan, query, key, value, bias, aux, params):
+  """Return `(out [B, T_pad, N, H_v], logsumexp [B, T_pad, N])`."""
+  operands = (query, key, value, bias, aux, params)
+  if not fixed_shift_applies(plan, value.dtype):
+    return _pass(plan, False, *operands)[:2]
+  out, logsumexp, bounded = _pass(plan, True, *operands)
+  return _exact_unless_bounded(plan, (out, logsumexp), bounded, operands)

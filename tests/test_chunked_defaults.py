@@ -9,7 +9,7 @@ import attention_jax as aj
 from attention_jax import chunked
 
 
-def prepare(query, key, value, **options):
+def prepare(query, key, value, bias=None, **options):
   """Return what `chunked._prepare` returns for these arguments."""
   arguments = dict(
       scale=None, is_causal=False, query_seq_lengths=None,
@@ -18,7 +18,7 @@ def prepare(query, key, value, **options):
       score_mod=None, score_mod_params=None, mask_mod=None, dropout_rate=0.0,
       dropout_rng=None, deterministic=True, block_q=None, block_k=None)
   arguments.update(options)
-  return chunked._prepare(query, key, value, None, None, **arguments)
+  return chunked._prepare(query, key, value, bias, None, **arguments)
 
 
 def _inputs(query_len, key_len, seed=0):

@@ -1,0 +1,191 @@
+"""Tests for forward tiles that keep the softmax shift of a block's first tile.
+
+Logits here are exact in float32 (small dyadic values), so that large
+logits compare with the float64 oracle at the usual tolerance. A ramp along
+the keys makes the logits of later tiles rise above the shift by a chosen
+amount: by 40 the weights reach exp(40) and the fixed-shift pass holds; by
+over 88 they overflow and the exact pass must take over.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention_jax as aj
+import oracle
+from attention_jax import _chunked_forward
+from test_chunked_defaults import prepare
+from tolerances import tolerance
+
+BATCH, LENGTH, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 2, 48, 4, 2, 4
+# Query blocks of 16 rows and key blocks of 8: a causal diagonal splits.
+BLOCKS = dict(block_q=16, block_k=8)
+
+
+def _inputs(seed, *, rise=0.0, causal=False, value_scale=1.0,
+            dtype=np.float32):
+  """Return inputs whose logits rise by about `rise` after the first tile.
+
+  The first feature of every query is sqrt(H), so with the default scale
+  1/sqrt(H) each logit is the key's first feature (a ramp) plus a sum of
+  small dyadic products. A causal pass visits the keys left of the diagonal
+  after the diagonal square, so its ramp falls along the keys instead.
+  """
+  rng = np.random.default_rng(seed)
+  query = rng.integers(-2, 3, (BATCH, LENGTH, NUM_HEADS, HEAD_DIM)) / 4
+  key = rng.integers(-2, 3, (BATCH, LENGTH, NUM_KV_HEADS, HEAD_DIM)) / 4
+  value = rng.standard_normal((BATCH, LENGTH, NUM_KV_HEADS, HEAD_DIM))
+  query[..., 0] = np.sqrt(HEAD_DIM)
+  ramp = np.round(rise * np.arange(LENGTH) / (LENGTH - 1))
+  key[..., 0] = (ramp[::-1] if causal else ramp)[:, None]
+  return (jnp.asarray(query, dtype), jnp.asarray(key, dtype),
+          jnp.asarray(value * value_scale, dtype))
+
+
+def _bounded(query, key, value, **options):
+  """Return whether the fixed-shift pass kept every accumulator in bounds."""
+  prepared = prepare(query, key, value, **options)
+  assert _chunked_forward.fixed_shift_applies(prepared.plan, value.dtype)
+  *_, bounded = _chunked_forward._pass(
+      prepared.plan, True, prepared.query, prepared.key, prepared.value,
+      prepared.bias, prepared.aux, prepared.params)
+  return bool(bounded)
+
+
+def _expected(query, key, value, causal):
+  allowed = oracle.attention_mask((BATCH,), NUM_HEADS, LENGTH, LENGTH,
+                                  is_causal=causal)
+  out, _, lse = oracle.dot_product_attention(query, key, value,
+                                             allowed=allowed)
+  return out, lse
+
+
+def _chunked(query, key, value, causal, **options):
+  return jax.jit(lambda q, k, v: aj.chunked_attention(
+      q, k, v, is_causal=causal, return_residual=True, **BLOCKS,
+      **options))(query, key, value)
+
+
+@pytest.mark.parametrize("options, dtype, expected", [
+    (dict(), np.float32, True),
+    (dict(is_causal=True), np.float32, True),
+    (dict(logits_soft_cap=5.0), np.float32, True),
+    (dict(dropout_rate=0.2, dropout_rng=jax.random.key(0),
+          deterministic=False), np.float32, True),
+    (dict(), jnp.bfloat16, True),
+    (dict(), jnp.float16, False),
+    (dict(is_causal=True, block_q=8, block_k=16), np.float32, False),
+    (dict(local_window_size=(8, 0)), np.float32, False),
+    (dict(key_value_seq_lengths=jnp.array([40, 48])), np.float32, False),
+    (dict(score_mod=lambda score, *indices: score), np.float32, False),
+    (dict(block_k=10), np.float32, False),
+], ids=["plain", "causal", "soft-cap", "dropout", "bfloat16", "float16",
+        "causal-unsplit", "window", "key-lengths", "score-mod",
+        "ragged-key-blocks"])
+def test_fixed_shift_applies(options, dtype, expected):
+  query, key, value = _inputs(0, dtype=dtype)
+  options = {**BLOCKS, **options}
+  plan = prepare(query, key, value, **options).plan
+
+  assert _chunked_forward.fixed_shift_applies(plan, value.dtype) == expected
+
+
+def test_fixed_shift_skips_bias():
+  # A bias of -inf could hide a row's whole first tile.
+  query, key, value = _inputs(0)
+  bias = jnp.zeros((BATCH, NUM_HEADS, LENGTH, LENGTH))
+  plan = prepare(query, key, value, bias=bias, **BLOCKS).plan
+
+  assert not _chunked_forward.fixed_shift_applies(plan, value.dtype)
+
+
+CASES = {
+    # name: (input options, whether the fixed-shift pass stays in bounds)
+    "flat": (dict(), True),
+    "rising": (dict(rise=40.0), True),
+    "overflowing": (dict(rise=200.0), False),
+    # Weights up to exp(34) times values of 1e30 overflow the accumulator.
+    "large-values": (dict(rise=40.0, value_scale=1e30), False),
+}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_matches_oracle(name, causal):
+  options, bounded = CASES[name]
+  query, key, value = _inputs(1, causal=causal, **options)
+  assert _bounded(query, key, value, is_causal=causal, **BLOCKS) == bounded
+  expected, expected_lse = _expected(query, key, value, causal)
+
+  out, lse = _chunked(query, key, value, causal)
+
+  scale = options.get("value_scale", 1.0)
+  np.testing.assert_allclose(np.asarray(out) / scale, expected / scale,
+                             **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_rising_logits_in_bfloat16(causal):
+  query, key, value = _inputs(2, rise=40.0, causal=causal,
+                              dtype=jnp.bfloat16)
+  assert _bounded(query, key, value, is_causal=causal, **BLOCKS)
+  expected, _ = _expected(query, key, value, causal)
+
+  out, _ = _chunked(query, key, value, causal)
+
+  np.testing.assert_allclose(np.asarray(out, np.float32), expected,
+                             **tolerance(jnp.bfloat16))
+
+
+@pytest.mark.parametrize("rise", [40.0, 200.0], ids=["rising", "overflowing"])
+def test_gradients_match_reference(rise):
+  query, key, value = _inputs(3, rise=rise)
+  cotangent = jax.random.normal(jax.random.key(4), query.shape)
+
+  def gradients(attention):
+    loss = lambda *inputs: jnp.sum(attention(*inputs) * cotangent)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(query, key, value)
+
+  grads = gradients(lambda q, k, v: aj.chunked_attention(q, k, v, **BLOCKS))
+  expected = gradients(lambda q, k, v: aj.dot_product_attention(
+      q, k, v, implementation="reference"))
+
+  # A logit of size L carries a float32 rounding error of about L * 6e-8,
+  # on both paths, so the tolerance grows with the rise.
+  limits = {name: value * rise / 8
+            for name, value in tolerance(np.float32).items()}
+  for grad, want in zip(grads, expected):
+    np.testing.assert_allclose(grad, want, **limits)
+
+
+def test_vmap_with_one_overflowing_sequence():
+  # Under vmap the exact pass runs for the whole batch once any sequence
+  # needs it. The other sequences must keep their results.
+  _, flat, _ = _inputs(5)
+  _, steep, _ = _inputs(5, rise=200.0)
+  query, value = _inputs(6)[0], _inputs(6)[2]
+  key = jnp.stack([flat[0], steep[1]])
+  expected, expected_lse = _expected(query, key, value, False)
+
+  out, lse = jax.jit(jax.vmap(lambda q, k, v: aj.chunked_attention(
+      q, k, v, return_residual=True, **BLOCKS)))(query, key, value)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_nan_query_row_stays_in_its_row(causal):
+  query, key, value = _inputs(7, rise=40.0, causal=causal)
+  query = query.at[1, 20, 3].set(jnp.nan)
+  expected, _ = _expected(query, key, value, causal)
+
+  out, _ = _chunked(query, key, value, causal)
+
+  out = np.array(out)
+  assert np.isnan(out[1, 20, 3]).all()
+  # The oracle counts NaN logits as masked, so it has no NaN to compare.
+  out[1, 20, 3] = expected[1, 20, 3]
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
