@@ -139,6 +139,19 @@ def test_rising_logits_in_bfloat16(causal):
                              **tolerance(jnp.bfloat16))
 
 
+def test_causal_soft_cap_matches_reference():
+  # The causal shift is each row's own logit, soft-capped as the tiles are.
+  query, key, value = _inputs(8, rise=40.0, causal=True)
+  options = dict(is_causal=True, logits_soft_cap=30.0)
+  assert _bounded(query, key, value, **options, **BLOCKS)
+  expected = aj.dot_product_attention(query, key, value,
+                                      implementation="reference", **options)
+
+  out = aj.chunked_attention(query, key, value, **options, **BLOCKS)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+
+
 @pytest.mark.parametrize("rise", [40.0, 200.0], ids=["rising", "overflowing"])
 def test_gradients_match_reference(rise):
   query, key, value = _inputs(3, rise=rise)
