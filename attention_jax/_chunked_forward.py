@@ -198,8 +198,9 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
   a causal one 117 ms against 128 ms (paired runs).
 
   Left out:
-  - a bias or `score_mod`, which can leave a row's first tile at -inf;
-  - float16 weights, whose largest value is exp(11);
+  - a bias or `score_mod`, which can make a row's shift -inf;
+  - float16 values, because the weights are rounded to float16, whose
+    largest finite value is about exp(11);
   - more than one device, where the check would reduce over devices.
   """
   unmasked = not plan.has_tile_mask or plan.split_diagonal

@@ -1,10 +1,10 @@
-"""Tests for forward tiles that keep the softmax shift of a block's first tile.
+"""Tests for the chunked forward pass that keeps one softmax shift per row.
 
 Logits here are exact in float32 (small dyadic values), so that large
 logits compare with the float64 oracle at the usual tolerance. A ramp along
-the keys makes the logits of later tiles rise above the shift by a chosen
-amount: by 40 the weights reach exp(40) and the fixed-shift pass holds; by
-over 88 they overflow and the exact pass must take over.
+the keys makes some logits rise above each row's shift by a chosen amount.
+At about 40 the weights reach about exp(40) and the fixed-shift pass stays
+in bounds. Above 88 they overflow and the exact pass must take over.
 """
 
 import jax
@@ -25,12 +25,13 @@ BLOCKS = dict(block_q=16, block_k=8)
 
 def _inputs(seed, *, rise=0.0, causal=False, value_scale=1.0,
             dtype=np.float32):
-  """Return inputs whose logits rise by about `rise` after the first tile.
+  """Return inputs whose logits rise by up to about `rise` above the shift.
 
   The first feature of every query is sqrt(H), so with the default scale
   1/sqrt(H) each logit is the key's first feature (a ramp) plus a sum of
-  small dyadic products. A causal pass visits the keys left of the diagonal
-  after the diagonal square, so its ramp falls along the keys instead.
+  small dyadic products. Without a mask the shift comes from the first key
+  block, so the ramp rises along the keys. A causal row's shift is its own
+  logit and the keys it attends to come before it, so its ramp falls.
   """
   rng = np.random.default_rng(seed)
   query = rng.integers(-2, 3, (BATCH, LENGTH, NUM_HEADS, HEAD_DIM)) / 4
