@@ -15,12 +15,20 @@ from typing import NamedTuple
 # (forward at 4096: 200 ms against 224 ms, jax.jit matmul at about 260
 # GFLOP/s). On a 2-core AMD EPYC (1 MB of L2 cache per core), 512 queries
 # were about 4% faster instead (226 against 235 ms), within that machine's
-# noise. Only a window narrower than a tile gains from smaller tiles, by
-# skipping more. When T is shorter than a query block (decoding), key
-# blocks grow to keep the tile area, because a loop step costs far more
-# than a few small matrix rows.
+# noise. When T is shorter than a query block (decoding), key blocks grow
+# to keep the tile area, because a loop step costs far more than a few
+# small matrix rows.
 DEFAULT_BLOCKS = (1024, 512)
-NARROW_WINDOW_BLOCKS = (256, 256)
+# A window leaves masked tiles along both of its edges, and smaller tiles
+# compute less of them. On a 2-core Xeon at T = S = 4096, forward passes
+# with (512, 512) tiles took 89 against 114 ms with (1024, 512) for a
+# (1023, 0) window, 94 against 117 ms for (511, 511) and 121 against
+# 137 ms for (2047, 0). Windows narrower than 512 keys ran fastest with
+# (512, 256) tiles: 55 against 61 ms with (256, 256) for (255, 0), and
+# 76 against 89 ms for (255, 255). Forward+backward at 4096 took 322
+# against 346 ms for (1023, 0), and the same time for (255, 0).
+WINDOW_BLOCKS = (512, 512)
+NARROW_WINDOW_BLOCKS = (512, 256)
 # A causal mask uses the default tiles when each diagonal square can be
 # computed in quarters (`Plan.split_diagonal`). On a 2-core
 # Xeon, the causal forward pass at 4096 then took 153 to 159 ms against 168
@@ -56,8 +64,9 @@ class Tiles(NamedTuple):
 
 def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
   """Return the default `(block_q, block_k)` for one batch element."""
-  if window is not None and window[0] + window[1] < DEFAULT_BLOCKS[1]:
-    return NARROW_WINDOW_BLOCKS
+  if window is not None:
+    narrow = window[0] + window[1] < DEFAULT_BLOCKS[1]
+    blocks = NARROW_WINDOW_BLOCKS if narrow else WINDOW_BLOCKS
   block_q, block_k = blocks
   while (block_q > MIN_DEFAULT_BLOCK_Q
          and num_heads * block_q * block_k > TILE_LOGITS):
@@ -73,8 +82,13 @@ def block_size(name: str, value: int, length: int) -> int:
   return int(min(int(value), max(length, 1)))
 
 
-def _resolve(default, block_q, block_k, query_length: int,
-             key_length: int) -> tuple[int, int, tuple[int, int] | None]:
+def _window_keys(window) -> int:
+  """Return the smallest power of two at least as wide as `window`."""
+  return 1 << (window[0] + window[1]).bit_length()
+
+
+def _resolve(default, block_q, block_k, query_length: int, key_length: int,
+             window) -> tuple[int, int, tuple[int, int] | None]:
   default_q, default_k = default
   backward_blocks = None
   if (block_q is None and block_k is None and default == DEFAULT_BLOCKS
@@ -84,6 +98,11 @@ def _resolve(default, block_q, block_k, query_length: int,
   if block_k is None:
     rows = min(default_q if block_q is None else block_q, query_length)
     block_k = max(default_k, default_q * default_k // max(rows, 1))
+    if window is not None:
+      # Key blocks much wider than the window cannot be skipped. One query
+      # attending to the last 1024 of 32768 keys took 52.5 ms in a single
+      # key block of 32768 and 1.7 ms in blocks of 1024 (2-core Xeon).
+      block_k = min(block_k, max(default_k, _window_keys(window)))
   block_q = block_size("block_q", default_q if block_q is None else block_q,
                        query_length)
   return block_q, block_size("block_k", block_k, key_length), backward_blocks
@@ -103,7 +122,8 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
     defaults.append(
         _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads))
   for default in defaults:
-    resolved = _resolve(default, block_q, block_k, query_length, key_length)
+    resolved = _resolve(default, block_q, block_k, query_length, key_length,
+                        window)
     if is_causal and splits(*resolved[:2]):
       break
   return Tiles(*resolved)

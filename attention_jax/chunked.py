@@ -289,9 +289,9 @@ def chunked_attention(
     dropout_rate, dropout_rng, deterministic: as in
       `dot_product_attention`; the chunked path drops exactly the weights
       that the reference path drops for the same key.
-    block_q: queries per tile; None picks 256 with a window narrower than
-      512 keys and 1024 otherwise, halved (down to 256) while
-      heads * block_q * 512 exceeds 2**22 logits. A causal mask keeps that
+    block_q: queries per tile; None picks 512 with a window and 1024
+      otherwise, halved (down to 256) while heads * block_q * block_k
+      exceeds 2**22 logits. A causal mask keeps that
       size when each query block's diagonal square can be computed as
       three quarter tiles (a causal mask and no other, T a multiple of
       block_q, and S - T a multiple of block_k); otherwise it uses 512
@@ -305,7 +305,8 @@ def chunked_attention(
       key/value heads stay sharded.
     block_k: keys per tile; None picks 512 (256 with a window narrower than
       512 keys), or more keys when T is shorter than a query block, keeping
-      the tile area.
+      the tile area, but with a window no more than its width rounded up
+      to a power of two.
 
   Returns:
     The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`

@@ -86,3 +86,42 @@ def test_causal_tiles(shape, options, expected):
   plan = prepare(query, key, value, is_causal=True, **options).plan
 
   assert (plan.block_q, plan.block_k, plan.split_diagonal) == expected
+
+
+@pytest.mark.parametrize(
+    "window, num_heads, expected",
+    [((1023, 0), 2, (512, 512)),
+     ((511, 511), 2, (512, 512)),
+     ((255, 0), 2, (512, 256)),
+     ((255, 255), 2, (512, 256)),
+     ((255, 0), 64, (256, 256)),
+     (None, 2, (1024, 512))],
+    ids=["wide", "wide-symmetric", "narrow", "narrow-symmetric",
+         "narrow-many-heads", "no-window"])
+def test_window_tiles(window, num_heads, expected):
+  query = jnp.zeros((1, 4096, num_heads, 8))
+  key = value = jnp.zeros((1, 4096, num_heads, 8))
+
+  plan = prepare(query, key, value, local_window_size=window).plan
+
+  assert (plan.block_q, plan.block_k) == expected
+  # Window tiles serve both passes.
+  assert plan.backward_blocks == (None if window else (512, 512))
+
+
+@pytest.mark.parametrize(
+    "window, query_len, expected_block_k",
+    [((1023, 0), 1, 1024), ((1023, 0), 128, 1024), ((255, 0), 1, 256),
+     ((4000, 100), 1, 8192), (None, 1, 32768)],
+    ids=["decode", "short-queries", "decode-narrow", "decode-wide",
+         "decode-no-window"])
+def test_window_caps_key_blocks(window, query_len, expected_block_k):
+  # Few queries grow the key blocks to keep the tile area, but not past the
+  # window's width (rounded up to a power of two), so blocks outside the
+  # window are still skipped.
+  query = jnp.zeros((1, query_len, 2, 8))
+  key = value = jnp.zeros((1, 32768, 2, 8))
+
+  plan = prepare(query, key, value, local_window_size=window).plan
+
+  assert plan.block_k == expected_block_k
