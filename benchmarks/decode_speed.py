@@ -7,8 +7,12 @@ attention over the whole sequence at every step. Both run inside `lax.scan` unde
 `jit`; compilation is excluded from the timings. Prints tokens per second
 and the speed-up, and writes JSON.
 
+With `--window W`, both attend only to the W keys before each query and
+the query itself (a sliding window), as in models with local attention.
+
 Usage:
   python benchmarks/decode_speed.py [--contexts 1024 4096] [--steps 32]
+      [--window 1023]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def _tokens(context, steps, seed=0):
   return query, key, value
 
 
-def make_cached(context, steps):
+def make_cached(context, steps, window=None):
   """Return a jitted function decoding `steps` tokens with a cache."""
 
   @jax.jit
@@ -52,7 +56,9 @@ def make_cached(context, steps):
       value_t = jax.lax.dynamic_slice_in_dim(value, position, 1, axis=1)
       query_t = jax.lax.dynamic_slice_in_dim(query, position, 1, axis=1)
       cache = kv_cache.append(cache, key_t, value_t)
-      return cache, kv_cache.cached_attention(query_t, cache)[:, 0]
+      out = kv_cache.cached_attention(query_t, cache,
+                                      local_window_size=window)
+      return cache, out[:, 0]
 
     _, outs = jax.lax.scan(step, cache, jnp.arange(steps))
     return outs
@@ -60,7 +66,7 @@ def make_cached(context, steps):
   return run
 
 
-def make_recomputed(context, steps):
+def make_recomputed(context, steps, window=None):
   """Return a jitted function that recomputes attention over the whole
   (fixed-size, masked) sequence at every step."""
   total = context + steps
@@ -70,7 +76,7 @@ def make_recomputed(context, steps):
     def step(carry, index):
       length = context + index + 1
       out = dot_product_attention(
-          query, key, value, is_causal=True,
+          query, key, value, is_causal=True, local_window_size=window,
           key_value_seq_lengths=jnp.full((1,), length, jnp.int32))
       return carry, jax.lax.dynamic_index_in_dim(out, length - 1, axis=1,
                                                  keepdims=False)
@@ -100,24 +106,32 @@ def main(argv=None) -> None:
                       help="tokens decoded per timed run")
   parser.add_argument("--repeats", type=int, default=3,
                       help="timed runs per contender; the median is kept")
+  parser.add_argument("--window", type=int, default=None,
+                      help="attend only to this many keys before each query "
+                           "(default: all of them)")
   parser.add_argument("--output", default="benchmarks/results",
-                      help="folder for decode_speed.json")
+                      help="folder for decode_speed.json (with --window W, "
+                           "decode_speed_windowW.json)")
   args = parser.parse_args(argv)
+  if args.window is not None and args.window < 0:
+    parser.error(f"--window should be at least 0, but got {args.window}")
+  window = None if args.window is None else (args.window, 0)
 
   print(f"jax {jax.__version__} on {platform.processor() or platform.machine()}"
         f", {os.cpu_count()} cores; float32, 1 sequence, {NUM_HEADS} heads, "
-        f"head dim {HEAD_DIM}, {args.steps} decoded tokens per run")
+        f"head dim {HEAD_DIM}, {args.steps} decoded tokens per run, window "
+        f"{'none' if window is None else args.window}")
   rows = []
   for context in args.contexts:
     inputs = _tokens(context, args.steps)
-    cached = make_cached(context, args.steps)
-    recomputed = make_recomputed(context, args.steps)
+    cached = make_cached(context, args.steps, window)
+    recomputed = make_recomputed(context, args.steps, window)
     difference = float(jnp.max(jnp.abs(cached(*inputs)
                                        - recomputed(*inputs))))
     cached_time = _median_seconds(cached, inputs, args.repeats)
     recomputed_time = _median_seconds(recomputed, inputs, args.repeats)
     row = dict(
-        context=context, steps=args.steps,
+        context=context, steps=args.steps, window=args.window,
         cached_tokens_per_second=args.steps / cached_time,
         recomputed_tokens_per_second=args.steps / recomputed_time,
         speedup=recomputed_time / cached_time, max_abs_difference=difference)
@@ -128,7 +142,9 @@ def main(argv=None) -> None:
           f"{difference:.1e}")
 
   os.makedirs(args.output, exist_ok=True)
-  path = os.path.join(args.output, "decode_speed.json")
+  name = ("decode_speed.json" if window is None
+          else f"decode_speed_window{args.window}.json")
+  path = os.path.join(args.output, name)
   with open(path, "w", encoding="utf-8") as file:
     json.dump(dict(jax=jax.__version__, rows=rows), file, indent=2)
   print(f"Wrote {path}")
