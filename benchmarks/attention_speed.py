@@ -1,7 +1,8 @@
 """Attention speed: attention_jax's chunked path against its reference path, jax.nn, tokamax and PyTorch.
 
 Every contender runs on the same random inputs (batch 1, 8 heads, head
-dimension 64 by default) for each sequence length, causal and non-causal,
+dimension 64 by default) for each sequence length, causal and non-causal
+(and with `--window W` a causal sliding window of W keys before each query),
 forward and forward+backward. The inputs are drawn in float32, and each
 contender casts them to `--dtype` (float32 by default, or bfloat16).
 Compilation happens before the timed region. Every timed call waits for
@@ -17,10 +18,13 @@ the matmul rate of the same moment.
     python benchmarks/attention_speed.py --quick          # lengths 512 1024, about 25 s on 2 idle cores
     python benchmarks/attention_speed.py --lengths 8192   # other lengths
     python benchmarks/attention_speed.py --dtype bfloat16 # bfloat16 inputs
+    python benchmarks/attention_speed.py --window 1023 --masks window  # sliding window only
+    python benchmarks/attention_speed.py --kv-heads 2     # grouped-query attention, 4 query heads per key head
     python benchmarks/attention_speed.py --long 131072    # peak memory of one long causal pass
 
 Results go to `--output-dir` as attention_speed.json, attention_speed.md and
-attention_speed.png.
+attention_speed.png; runs with a window mask or --kv-heads add _window or
+_gqa to the name.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from collections.abc import Sequence
 # Python puts the folder of a script it runs, benchmarks/, first on sys.path,
 # so the package next to this file imports by its plain name.
 from attention_speed_lib.configs import (
-    CONTENDER_KEYS, DTYPES, FORWARD, FORWARD_BACKWARD_FLOP_FACTOR, MATMUL_SIZE, TORCH, Config, make_inputs,
+    CAUSAL, CONTENDER_KEYS, DTYPES, FORWARD, FORWARD_BACKWARD_FLOP_FACTOR, MASK_KINDS, MATMUL_SIZE, NON_CAUSAL, TORCH,
+    WINDOW, Config, make_inputs,
 )
 from attention_speed_lib.contenders import load_contenders
 from attention_speed_lib.long_sequence import long_markdown, run_long_child
@@ -68,6 +73,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=8, help="number of heads N = K (default: 8)")
     parser.add_argument("--head-dim", type=int, default=64, help="head dimension H (default: 64)")
     parser.add_argument(
+        "--kv-heads", type=int, default=None,
+        help="key and value heads K, a divisor of --heads, for grouped-query (K > 1) or multi-query (K = 1) "
+             "attention (default: K = N)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, metavar="W",
+        help="also run a causal sliding window in which each query sees itself and the W keys before it "
+             "(jax.nn's local_window_size=(W, 0); PyTorch gets the same mask as a boolean [T, S] array)",
+    )
+    parser.add_argument(
+        "--masks", nargs="+", choices=MASK_KINDS, default=None,
+        help=f"mask kinds to run, in this order within each length and pass (default: {NON_CAUSAL} {CAUSAL}, "
+             f"and {WINDOW} when --window is given)",
+    )
+    parser.add_argument(
         "--dtype", choices=DTYPES, default="float32",
         help="dtype that every contender casts the float32 random query, key, value and cotangent to, and of "
              "the JAX matmul that 'of matmul' divides by (default: float32). Outputs and gradients are compared "
@@ -91,9 +111,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--update-readme", action="store_true",
-        help="also copy the results into benchmarks/README.md, between its attention_speed (or, with --long, "
-             "attention_speed_long) begin and end marker lines. Accepts only --dtype float32, because the "
-             "README tables are float32.",
+        help="also copy the results into benchmarks/README.md, between the begin and end marker lines of its "
+             "block: attention_speed, with --long attention_speed_long, and with a window mask or --kv-heads "
+             "the suffix _window or _gqa (the same name as the result files). Accepts only --dtype float32, "
+             "because the README tables are float32.",
     )
     parser.add_argument("--long-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -109,6 +130,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"{option} must be positive, but got {value}")
     if args.long is not None and args.long < 1:
         parser.error(f"--long must be positive, but got {args.long}")
+    if args.kv_heads is not None and (args.kv_heads < 1 or args.heads % args.kv_heads):
+        parser.error(f"--kv-heads must be a positive divisor of --heads {args.heads}, but got {args.kv_heads}")
+    if args.window is not None and args.window < 0:
+        parser.error(f"--window must be at least 0, but got {args.window}")
+    if args.masks is None:
+        args.masks = [NON_CAUSAL, CAUSAL] + ([WINDOW] if args.window is not None else [])
+    args.masks = list(dict.fromkeys(args.masks))
+    if WINDOW in args.masks and args.window is None:
+        parser.error("--masks window needs --window W, the number of keys each query sees before itself")
+    if args.window is not None and WINDOW not in args.masks:
+        parser.error(f"--window {args.window} is given, but --masks {' '.join(args.masks)} leaves out window")
+    if args.long is not None and (args.window is not None or args.kv_heads is not None
+                                  or args.masks != [NON_CAUSAL, CAUSAL]):
+        parser.error("--long runs one causal pass with K = N, so it takes none of --window, --kv-heads and --masks")
     if args.long is not None and args.dtype != "float32":
         parser.error(f"--long supports only float32, but got --dtype {args.dtype}. Remove --dtype or --long.")
     if args.update_readme and args.dtype != "float32":
@@ -175,6 +210,12 @@ def run_long(args: argparse.Namespace) -> None:
 
 
 
+def result_name(args: argparse.Namespace) -> str:
+    """Return the stem of the result files and README block: attention_speed, plus _window and _gqa where they apply."""
+    return ("attention_speed" + ("_window" if WINDOW in args.masks else "")
+            + ("_gqa" if args.kv_heads is not None else ""))
+
+
 def run_comparison(args: argparse.Namespace) -> None:
     machine = machine_info()
     contenders, missing = load_contenders(args.contenders)
@@ -194,10 +235,11 @@ def run_comparison(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     for index, group in enumerate(groups, 1):
         config = group[0]
-        print(f"[{index}/{len(groups)}] {config.pass_name} T=S={config.length}, causal and non-causal "
+        masks = ", ".join(member.mask for member in group)
+        print(f"[{index}/{len(groups)}] {config.pass_name} T=S={config.length}, {masks} "
               f"({time.perf_counter() - start:.0f} s so far)", flush=True)
         if inputs is None or inputs.query.shape[1] != config.length:
-            inputs = make_inputs(args.batch, config.length, args.heads, args.head_dim, args.seed)
+            inputs = make_inputs(args.batch, config.length, args.heads, args.head_dim, args.seed, args.kv_heads)
         rows += benchmark_group(group, contenders, inputs, matmul, args.repeats, args.max_materialized_gib * 2**30)
 
     matmul_rates = list({(row["length"], row["pass"]): row["matmul_gflops"] for row in rows if "matmul_gflops" in row}.values())
@@ -207,11 +249,13 @@ def run_comparison(args: argparse.Namespace) -> None:
         "machine": machine,
         "load_average_at_end": os.getloadavg(),
         "torch_threads": torch_threads() if TORCH in args.contenders else None,
-        "shape": {"batch": args.batch, "heads": args.heads, "head_dim": args.head_dim},
+        "shape": {"batch": args.batch, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim},
         "dtype": args.dtype,
         "lengths": args.lengths,
+        "masks": [member.mask for member in groups[0]] if groups else [],
         "repeats": args.repeats,
         "flop_convention": {"forward": "4*B*N*T*S*H", "causal": "half of the forward count",
+                            "window": "the share of (query, key) pairs that the mask leaves visible",
                             "forward_backward_factor": FORWARD_BACKWARD_FLOP_FACTOR},
         "tolerance": TOLERANCES[args.dtype],
         "numpy_matmul_gflops": numpy_rate / 1e9,
@@ -219,8 +263,13 @@ def run_comparison(args: argparse.Namespace) -> None:
         "missing": missing,
         "rows": rows,
     }
-    # The speed targets were set for float32, against the float32 matmul rate.
-    record["targets"] = evaluate_targets(rows) if args.dtype == "float32" else []
+    # The speed targets were set for float32, against the float32 matmul rate,
+    # with K = N, and they all include a non-causal configuration.
+    reasons = {"they are set for float32 and this run is " + args.dtype: args.dtype != "float32",
+               "they are set for K = N and this run has --kv-heads": args.kv_heads is not None,
+               f"they all involve {NON_CAUSAL} runs and this one has none": NON_CAUSAL not in args.masks}
+    skip_reason = next((reason for reason, applies in reasons.items() if applies), None)
+    record["targets"] = evaluate_targets(rows) if skip_reason is None else []
 
     print()
     for line in describe_run(record):
@@ -233,12 +282,13 @@ def run_comparison(args: argparse.Namespace) -> None:
         for result in record["targets"]:
             print(f"  {format_target(result)}")
     else:
-        print(f"Targets: not evaluated, because they are set for float32 and this run is {args.dtype}.")
+        print(f"Targets: not evaluated, because {skip_reason}.")
     for name, reason in missing.items():
         print(f"Missing: {name}: {reason}")
 
     os.makedirs(args.output_dir, exist_ok=True)
-    paths = [os.path.join(args.output_dir, f"attention_speed.{suffix}") for suffix in ("json", "md", "png")]
+    name = result_name(args)
+    paths = [os.path.join(args.output_dir, f"{name}.{suffix}") for suffix in ("json", "md", "png")]
     with open(paths[0], "w", encoding="utf-8") as file:
         json.dump(record, file, indent=2)
         file.write("\n")
@@ -249,7 +299,7 @@ def run_comparison(args: argparse.Namespace) -> None:
         paths.pop()
     print("Results written to " + ", ".join(paths))
     if args.update_readme:
-        update_readme("attention_speed", markdown_report(record, heading="####"))
+        update_readme(name, markdown_report(record, heading="####"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

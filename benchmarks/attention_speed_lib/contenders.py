@@ -23,15 +23,28 @@ Runner = Callable[[], Any]
 Builder = Callable[[Config, Inputs], tuple[Runner, Callable[[Any], list[np.ndarray]]]]
 
 
+def mask_arguments(config: Config) -> dict[str, Any]:
+    """Return the keyword arguments of the config's mask, spelled as jax.nn, tokamax and attention_jax take them."""
+    arguments: dict[str, Any] = {"is_causal": config.is_causal}
+    if config.window is not None:
+        arguments["local_window_size"] = (config.window, 0)
+    return arguments
+
+
 def jax_builder(attention: Callable[..., jax.Array]) -> Builder:
-    """Return a builder for a JAX attention function `attention(query, key, value, is_causal=...)`."""
+    """Return a builder for a JAX attention function with jax.nn's signature.
+
+    It is called as `attention(query, key, value, is_causal=...)`, with
+    `local_window_size=(W, 0)` added for a window configuration.
+    """
 
     def build(config: Config, inputs: Inputs):
         dtype = jnp.dtype(config.dtype)
         query, key, value, cotangent = (jnp.asarray(array).astype(dtype) for array in dataclasses.astuple(inputs))
+        arguments = mask_arguments(config)
 
         def forward(query, key, value):
-            return attention(query, key, value, is_causal=config.is_causal)
+            return attention(query, key, value, **arguments)
 
         if config.pass_name == FORWARD:
             compiled = jax.jit(forward).lower(query, key, value).compile()
@@ -55,16 +68,16 @@ def jax_builder(attention: Callable[..., jax.Array]) -> Builder:
     return build
 
 
-def attention_jax_chunked(query, key, value, *, is_causal):
-    return attention_jax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="chunked")
+def attention_jax_chunked(query, key, value, **mask):
+    return attention_jax.dot_product_attention(query, key, value, **mask, implementation="chunked")
 
 
-def attention_jax_reference(query, key, value, *, is_causal):
-    return attention_jax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="reference")
+def attention_jax_reference(query, key, value, **mask):
+    return attention_jax.dot_product_attention(query, key, value, **mask, implementation="reference")
 
 
-def jax_nn_xla(query, key, value, *, is_causal):
-    return jax.nn.dot_product_attention(query, key, value, is_causal=is_causal, implementation="xla")
+def jax_nn_xla(query, key, value, **mask):
+    return jax.nn.dot_product_attention(query, key, value, **mask, implementation="xla")
 
 
 def tokamax_builder() -> Builder:
@@ -77,8 +90,8 @@ def tokamax_builder() -> Builder:
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
-    def tokamax_xla_chunked(query, key, value, *, is_causal):
-        return tokamax.dot_product_attention(query, key, value, is_causal=is_causal, implementation="xla_chunked")
+    def tokamax_xla_chunked(query, key, value, **mask):
+        return tokamax.dot_product_attention(query, key, value, **mask, implementation="xla_chunked")
 
     return jax_builder(tokamax_xla_chunked)
 
@@ -91,6 +104,10 @@ def torch_builder() -> Builder:
     under `torch.no_grad()`, as a JAX forward pass keeps no residuals
     either. With T = S, PyTorch's
     top-left causal alignment equals attention_jax's bottom-right one.
+    SDPA has no window argument, so a window configuration passes a
+    boolean `[T, S]` mask (True where a query sees a key), built before
+    timing, as a PyTorch user would. Fewer key and value heads than query
+    heads use `enable_gqa=True`.
     """
     import torch
 
@@ -104,15 +121,23 @@ def torch_builder() -> Builder:
         needs_grad = config.pass_name == FORWARD_BACKWARD
         query, key, value = (to_torch(array, needs_grad) for array in (inputs.query, inputs.key, inputs.value))
         cotangent = to_torch(inputs.cotangent)
-        attention = torch.nn.functional.scaled_dot_product_attention
+        arguments: dict[str, Any] = {"is_causal": config.is_causal}
+        if config.window is not None:
+            offsets = torch.arange(config.length)[:, None] - torch.arange(config.length)[None, :]
+            arguments = {"attn_mask": (offsets >= 0) & (offsets <= config.window)}
+        if config.key_heads != config.heads:
+            arguments["enable_gqa"] = True
+
+        def attention(query, key, value):
+            return torch.nn.functional.scaled_dot_product_attention(query, key, value, **arguments)
 
         if config.pass_name == FORWARD:
             def run():
                 with torch.no_grad():
-                    return (attention(query, key, value, is_causal=config.is_causal),)
+                    return (attention(query, key, value),)
         else:
             def run():
-                loss = torch.sum(attention(query, key, value, is_causal=config.is_causal) * cotangent)
+                loss = torch.sum(attention(query, key, value) * cotangent)
                 return torch.autograd.grad(loss, (query, key, value))
 
         def to_numpy(result):

@@ -15,8 +15,7 @@ TABLE_HEADER = ("pass", "mask", "T=S", "contender", "time (ms)", "spread", "GFLO
 
 
 def table_cells(row: dict[str, Any]) -> tuple[str, ...]:
-    mask = "causal" if row["is_causal"] else "non-causal"
-    config = (row["pass"], mask, str(row["length"]), row["contender"])
+    config = (row["pass"], row["mask"], str(row["length"]), row["contender"])
     if row["status"] != "ok":
         return config + (f"{row['status']}: {row['reason']}",) + ("",) * (len(TABLE_HEADER) - 5)
     ratio = "" if row["ratio_to_chunked"] is None else f"{row['ratio_to_chunked']:.2f}"
@@ -63,12 +62,26 @@ def describe_run(record: dict[str, Any]) -> list[str]:
         f"load average {machine['load_average_at_start'][0]:.2f} at start, {record['load_average_at_end'][0]:.2f} at end",
         f"Versions: {versions}; attention_jax at {machine['attention_jax_revision']}",
         f"PyTorch threads: {record['torch_threads']}",
-        f"Shape: {record['dtype']}, B={shape['batch']}, N=K={shape['heads']}, H={shape['head_dim']}; "
+        f"Shape: {record['dtype']}, B={shape['batch']}, {heads_description(shape)}, H={shape['head_dim']}; "
         f"median of {record['repeats']} timed calls after one untimed call",
         matmul_description(record),
-        "FLOPs: forward 4*B*N*T*S*H, causal half of it, forward+backward "
-        f"{FORWARD_BACKWARD_FLOP_FACTOR} times the forward count",
+        f"FLOPs: {flop_description(record)}",
     ]
+
+
+def heads_description(shape: dict[str, Any]) -> str:
+    kv_heads = shape.get("kv_heads")
+    if kv_heads is None or kv_heads == shape["heads"]:
+        return f"N=K={shape['heads']}"
+    return f"N={shape['heads']}, K={kv_heads}"
+
+
+def flop_description(record: dict[str, Any]) -> str:
+    """Describe the FLOP convention, with the window rule only when the run has a window."""
+    window = ("; a window W counts the (query, key) pairs with t - W <= s <= t"
+              if any(row["window"] is not None for row in record["rows"]) else "")
+    return (f"forward 4*B*N*T*S*H, causal half of it{window}; forward+backward "
+            f"{FORWARD_BACKWARD_FLOP_FACTOR} times the forward count")
 
 
 def markdown_report(record: dict[str, Any], heading: str = "##") -> str:
@@ -121,11 +134,13 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
     matmul_label = f"JAX {record['dtype']} matmul (median of the run)"
     if record["dtype"] != "float32":
         matmul_label = f"JAX {record['dtype']} matmul, float32 result (median of the run)"
-    figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True, constrained_layout=True)
+    masks = list(dict.fromkeys(row["mask"] for row in record["rows"]))
+    figure, axes = plt.subplots(2, len(masks), figsize=(5.5 * len(masks), 8), sharex=True, squeeze=False,
+                                constrained_layout=True)
     for row_index, pass_name in enumerate((FORWARD, FORWARD_BACKWARD)):
-        for column_index, is_causal in enumerate((False, True)):
+        for column_index, mask in enumerate(masks):
             axis = axes[row_index][column_index]
-            panel = [row for row in rows if row["pass"] == pass_name and row["is_causal"] == is_causal]
+            panel = [row for row in rows if row["pass"] == pass_name and row["mask"] == mask]
             for color, name in zip(plt.get_cmap("tab10").colors, CONTENDER_NAMES):
                 points = sorted((row["length"], row["gflops"]) for row in panel if row["contender"] == name)
                 if points:
@@ -137,19 +152,20 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
             axis.set_xticks(record["lengths"], [str(length) for length in record["lengths"]])
             axis.set_ylim(bottom=0)
             axis.grid(True, alpha=0.3)
-            axis.set_title(f"{pass_name}, {'causal' if is_causal else 'non-causal'}")
+            axis.set_title(f"{pass_name}, {mask}")
             if row_index == 1:
                 axis.set_xlabel("sequence length T = S")
             if column_index == 0:
-                axis.set_ylabel("GFLOP/s (causal counts half)")
+                axis.set_ylabel("GFLOP/s (masked pairs not counted)")
     handles = {}
     for axis in axes.flat:
         handles.update(zip(*reversed(axis.get_legend_handles_labels())))
     figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3, fontsize=9)
     machine = record["machine"]
-    figure.suptitle(f"{record['dtype']} attention, B={record['shape']['batch']}, N={record['shape']['heads']}, "
-                    f"H={record['shape']['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)\n"
-                    f"FLOPs: forward 4*B*N*T*S*H, causal half, forward+backward {FORWARD_BACKWARD_FLOP_FACTOR}x forward")
+    shape = record["shape"]
+    figure.suptitle(f"{record['dtype']} attention, B={shape['batch']}, {heads_description(shape)}, "
+                    f"H={shape['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)\n"
+                    f"FLOPs: {flop_description(record)}")
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True

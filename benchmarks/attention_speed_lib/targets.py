@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, TOKAMAX, TORCH
+from .configs import CAUSAL, CHUNKED, FORWARD, FORWARD_BACKWARD, JAX_NN, NON_CAUSAL, TOKAMAX, TORCH
 from .timing import paired_median
 
 
@@ -18,29 +18,29 @@ class Target:
     measure: Callable[[dict], float | None]
 
 
-def find_row(rows_by_key: dict, pass_name: str, is_causal: bool, length: int, contender: str) -> dict | None:
-    row = rows_by_key.get((pass_name, is_causal, length, contender))
+def find_row(rows_by_key: dict, pass_name: str, mask: str, length: int, contender: str) -> dict | None:
+    row = rows_by_key.get((pass_name, mask, length, contender))
     return row if row is not None and row["status"] == "ok" else None
 
 
-def peer_ratio(pass_name: str, is_causal: bool, length: int, peer: str) -> Callable[[dict], float | None]:
+def peer_ratio(pass_name: str, mask: str, length: int, peer: str) -> Callable[[dict], float | None]:
     def measure(rows_by_key):
-        row = find_row(rows_by_key, pass_name, is_causal, length, peer)
+        row = find_row(rows_by_key, pass_name, mask, length, peer)
         return None if row is None else row["ratio_to_chunked"]
     return measure
 
 
-def chunked_fraction(pass_name: str, is_causal: bool, length: int) -> Callable[[dict], float | None]:
+def chunked_fraction(pass_name: str, mask: str, length: int) -> Callable[[dict], float | None]:
     def measure(rows_by_key):
-        row = find_row(rows_by_key, pass_name, is_causal, length, CHUNKED)
+        row = find_row(rows_by_key, pass_name, mask, length, CHUNKED)
         return None if row is None else row["fraction_of_matmul"]
     return measure
 
 
 def causal_speedup(pass_name: str, length: int) -> Callable[[dict], float | None]:
     def measure(rows_by_key):
-        full = find_row(rows_by_key, pass_name, False, length, CHUNKED)
-        causal = find_row(rows_by_key, pass_name, True, length, CHUNKED)
+        full = find_row(rows_by_key, pass_name, NON_CAUSAL, length, CHUNKED)
+        causal = find_row(rows_by_key, pass_name, CAUSAL, length, CHUNKED)
         return None if full is None or causal is None else paired_median(full["seconds"], causal["seconds"])
     return measure
 
@@ -48,18 +48,18 @@ def causal_speedup(pass_name: str, length: int) -> Callable[[dict], float | None
 # Speed targets for the chunked implementation on a CPU. A ratio is the other
 # time divided by the chunked time, so above 1 means chunked is faster.
 TARGETS = (
-    Target("forward non-causal 4096: chunked vs torch sdpa", 1.5, "x", peer_ratio(FORWARD, False, 4096, TORCH)),
-    Target("forward non-causal 4096: chunked vs tokamax xla_chunked", 2.0, "x", peer_ratio(FORWARD, False, 4096, TOKAMAX)),
-    Target("forward non-causal 4096: chunked vs jax.nn xla", 4.0, "x", peer_ratio(FORWARD, False, 4096, JAX_NN)),
-    Target("forward non-causal 4096: chunked fraction of matmul rate", 0.55, "%", chunked_fraction(FORWARD, False, 4096)),
+    Target("forward non-causal 4096: chunked vs torch sdpa", 1.5, "x", peer_ratio(FORWARD, NON_CAUSAL, 4096, TORCH)),
+    Target("forward non-causal 4096: chunked vs tokamax xla_chunked", 2.0, "x", peer_ratio(FORWARD, NON_CAUSAL, 4096, TOKAMAX)),
+    Target("forward non-causal 4096: chunked vs jax.nn xla", 4.0, "x", peer_ratio(FORWARD, NON_CAUSAL, 4096, JAX_NN)),
+    Target("forward non-causal 4096: chunked fraction of matmul rate", 0.55, "%", chunked_fraction(FORWARD, NON_CAUSAL, 4096)),
     Target("forward 4096: chunked causal vs chunked non-causal", 1.8, "x", causal_speedup(FORWARD, 4096)),
-    Target("forward+backward non-causal 2048: chunked vs torch sdpa", 1.2, "x", peer_ratio(FORWARD_BACKWARD, False, 2048, TORCH)),
-    Target("forward+backward non-causal 2048: chunked vs jax.nn xla", 3.0, "x", peer_ratio(FORWARD_BACKWARD, False, 2048, JAX_NN)),
+    Target("forward+backward non-causal 2048: chunked vs torch sdpa", 1.2, "x", peer_ratio(FORWARD_BACKWARD, NON_CAUSAL, 2048, TORCH)),
+    Target("forward+backward non-causal 2048: chunked vs jax.nn xla", 3.0, "x", peer_ratio(FORWARD_BACKWARD, NON_CAUSAL, 2048, JAX_NN)),
 )
 
 
 def evaluate_targets(rows: list[dict]) -> list[dict[str, Any]]:
-    rows_by_key = {(row["pass"], row["is_causal"], row["length"], row["contender"]): row for row in rows}
+    rows_by_key = {(row["pass"], row["mask"], row["length"], row["contender"]): row for row in rows}
     results = []
     for target in TARGETS:
         value = target.measure(rows_by_key)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, MATMUL, MATMUL_SIZE, Config, Inputs
+from .configs import CHUNKED, FORWARD, FORWARD_BACKWARD, MATMUL, MATMUL_SIZE, NON_CAUSAL, WINDOW, Config, Inputs
 from .contenders import Contender, Runner
 
 # Outputs and gradients must agree with the chunked contender's within
@@ -75,7 +75,8 @@ def prepare_runner(config: Config, contender: Contender, inputs: Inputs,
     Returns its row, runner and result, or a row with the reason and two
     Nones when the contender is skipped or fails.
     """
-    row = {"length": config.length, "is_causal": config.is_causal, "pass": config.pass_name,
+    row = {"length": config.length, "mask": config.mask, "is_causal": config.is_causal, "window": config.window,
+           "pass": config.pass_name,
            "contender": contender.name, "status": "ok"}
     if contender.builds_full_weights and config.materialized_bytes() > max_materialized_bytes:
         row["status"] = "skipped"
@@ -147,7 +148,7 @@ def benchmark_group(configs: list[Config], contenders: list[Contender], inputs: 
                     repeats: int, max_materialized_bytes: float) -> list[dict[str, Any]]:
     """Time every contender on each configuration, all taking turns in one loop, and return one row for each.
 
-    The group contains the causal and non-causal configurations of one length
+    The group contains the configurations of every mask kind for one length
     and pass, so the causal speedup compares calls made close together in time.
     """
     rows: dict[tuple[Config, str], dict[str, Any]] = {}
@@ -188,10 +189,12 @@ def benchmark_group(configs: list[Config], contenders: list[Contender], inputs: 
 
 
 def config_groups(args: argparse.Namespace) -> list[list[Config]]:
-    """Return the configurations to run, grouped by length and pass, each group non-causal then causal."""
-    return [
-        [Config(length, is_causal, pass_name, args.batch, args.heads, args.head_dim, args.dtype)
-         for is_causal in (False, True)]
-        for length in args.lengths
-        for pass_name in (FORWARD, FORWARD_BACKWARD)
-    ]
+    """Return the configurations to run, grouped by length and pass, each group in the order of `args.masks`."""
+
+    def config(length: int, pass_name: str, mask: str) -> Config:
+        return Config(length, mask != NON_CAUSAL, pass_name, args.batch, args.heads, args.head_dim, args.dtype,
+                      window=args.window if mask == WINDOW else None, kv_heads=args.kv_heads)
+
+    return [[config(length, pass_name, mask) for mask in args.masks]
+            for length in args.lengths
+            for pass_name in (FORWARD, FORWARD_BACKWARD)]
