@@ -88,19 +88,25 @@ class Plan:
 
   @property
   def split_diagonal(self) -> bool:
-    """Whether each causal diagonal square is computed in quarters.
+    """Whether each causal diagonal square is computed on its own.
 
-    The forward pass then computes each query block's diagonal square as
-    three quarter tiles, and both passes visit the key blocks left of it
-    with no mask (see `_chunked_forward`). That needs a causal mask and no
-    other mask, no query padding, and a diagonal that starts each query
-    block on a key block boundary.
+    The forward pass then computes each query block's diagonal square
+    first (as three quarter tiles when the block is tall, see
+    `_chunked_forward.QUARTERS_FROM_BLOCK_Q`), and both passes visit the key
+    blocks left of it
+    with no mask, except those at a window's far edge (see
+    `_chunked_forward`). That needs a causal mask, no other mask than a
+    window that shows each row its whole part of the diagonal square, no
+    query padding, and a diagonal that starts each query block on a key
+    block boundary.
     """
     offset = self.key_length - self.query_length
-    other_masks = (self.window is not None or self.has_offset
+    other_masks = (self.has_offset
                    or self.has_mask or self.has_query_lengths
                    or self.has_key_lengths or self.has_segments
                    or self.mask_mod is not None)
+    if self.window is not None and self.window[0] < self.block_q - 1:
+      return False
     return (self.is_causal and not other_masks and offset >= 0
             and self.block_q % 2 == 0
             and self.query_length % self.block_q == 0

@@ -10,9 +10,10 @@ instead of storing them, so memory grows linearly in T and S.
 Tiles that the causal, window, length or key-range bounds exclude are never
 visited. Tiles inside the range whose mask is all False (segments, dense
 masks, `mask_mod`) are skipped with `lax.cond`. A causal mask that is the
-only mask and is aligned with the tiles needs neither: only the tiles on
-the diagonal get a mask, and it is a constant. Arrays use the layout of
-`_blocks`: query `[B, T, N, H]`, key `[B, S, K, H]`, value
+only mask, or comes with a window at least a query block wide, and is
+aligned with the tiles needs neither: only the tiles on the diagonal get a
+constant mask, and those at the window's far edge their own. Arrays use
+the layout of `_blocks`: query `[B, T, N, H]`, key `[B, S, K, H]`, value
 `[B, S, K, H_v]`, all views of the caller's arrays, so a long query or
 key/value cache is never copied; each tile transposes only its own block.
 The output is written block by block into the query's layout.
@@ -63,9 +64,9 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     row_dot = row_dot - d_logsumexp.astype(tiles.F32)
   safe_logsumexp = jnp.where(jnp.isfinite(logsumexp), logsumexp, 0.0)
   modifies = tiles.modifies_logits(plan)
-  # With a causal mask alone, aligned with the tiles, every key block left
-  # of a query block's diagonal is visible in full. The bq / bk key blocks
-  # on the diagonal have fixed masks.
+  # With a causal mask aligned with the tiles, every key block left of a
+  # query block's diagonal is visible in full, except at a window's far
+  # edge. The bq / bk key blocks on the diagonal have fixed masks.
   split = plan.split_diagonal
   if split:
     diagonal_masks = jnp.asarray(causal_patterns(plan.block_q, plan.block_k))
@@ -79,7 +80,7 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
                            1, 2)
     dot_row = jnp.swapaxes(tiles.query_rows(plan, row_dot, q_start), 1, 2)
 
-    def visit(k_block_index, inner, diagonal_mask=None):
+    def visit(k_block_index, inner, diagonal_mask=None, window_edge=False):
       k_start, first_new = tiles.key_start(plan, k_block_index)
 
       def update(inner, mask):
@@ -138,10 +139,12 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
         dv = tiles.add_key_rows(dv, dv_tile, k_start)
         return dq_t, dk, dv, dbias, dparams
 
-      if split:
+      if split and not window_edge:
         # Only the diagonal tiles need a mask, and it is a constant.
         return update(inner, diagonal_mask)
       mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
+      if window_edge:
+        return update(inner, mask)
       return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
                               mask, update, inner)
 
@@ -154,6 +157,14 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
     if split:
       diagonal = (q_start + plan.key_length - plan.query_length
                   ) // plan.block_k
+      if plan.window is not None:
+        # Key blocks at the window's far edge get their mask.
+        edge = tiles.full_window_start(plan, q_start, first, diagonal)
+        inner = jax.lax.fori_loop(
+            first, edge,
+            lambda index, inner: visit(index, inner, window_edge=True),
+            inner)
+        first = edge
       inner = jax.lax.fori_loop(first, diagonal, visit, inner)
       inner = jax.lax.fori_loop(
           diagonal, last,

@@ -290,6 +290,21 @@ def key_block_range(plan: Plan, aux: dict, block):
   return first, last
 
 
+def full_window_start(plan: Plan, q_start, first, diagonal):
+  """Return the first key block in `[first, diagonal]` that no window hides.
+
+  With the causal split (`Plan.split_diagonal`) and a window of `left`
+  keys, the key blocks from `first` up to this one hold the window's far
+  edge and need a mask, and those from it up to the diagonal need none:
+  the block's first key is within `left` of the query block's last row.
+  """
+  if plan.window is None:
+    return first
+  last_row = q_start + plan.key_length - plan.query_length + plan.block_q - 1
+  start = -(-(last_row - plan.window[0]) // plan.block_k)
+  return jnp.clip(start, first, diagonal).astype(jnp.int32)
+
+
 def tile_bounds(plan: Plan, aux: dict, q_start, k_start, first_new):
   """Return scalar `(some, every)` for the position-based parts of a mask.
 

@@ -8,12 +8,21 @@ import pytest
 import attention_jax as aj
 import inputs
 import oracle
+from attention_jax import _chunked_forward
 from test_chunked_defaults import prepare
 from tolerances import tolerance
 
 NUM_HEADS, HEAD_DIM, VALUE_DIM = 6, 5, 7
 # Query blocks of 16 rows split into quarters of 8 by 8.
 BLOCKS = dict(block_q=16, block_k=8)
+
+
+@pytest.fixture(params=["quarters", "whole"])
+def diagonal(request, monkeypatch):
+  """Compute diagonal squares in quarters or as whole tiles."""
+  threshold = 0 if request.param == "quarters" else 1 << 30
+  monkeypatch.setattr(_chunked_forward, "QUARTERS_FROM_BLOCK_Q", threshold)
+  return request.param
 
 
 def _inputs(seed, *, batch=(2,), query_len=48, key_len=48, num_kv_heads=3,
@@ -47,7 +56,7 @@ SHAPES = {
 @pytest.mark.parametrize("blocks", [BLOCKS, dict(block_q=8, block_k=8)],
                          ids=["16x8", "8x8"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_split_forward_matches_oracle(name, blocks):
+def test_split_forward_matches_oracle(name, blocks, diagonal):
   query, key, value = _inputs(1, **SHAPES[name])
   assert _plan(query, key, value, **blocks).split_diagonal
   batch = query.shape[:-3]
@@ -69,7 +78,7 @@ def test_split_forward_matches_oracle(name, blocks):
     [dict(), dict(logits_soft_cap=2.0), dict(score_mod=_alibi_like),
      dict(bias=True), dict(dropout_rate=0.3)],
     ids=["plain", "soft-cap", "score-mod", "bias", "dropout"])
-def test_split_gradients_match_reference(options):
+def test_split_gradients_match_reference(options, diagonal):
   query, key, value = _inputs(2, query_len=32, key_len=48)
   options = dict(options)
   bias = None
@@ -106,7 +115,7 @@ def test_split_gradients_match_reference(options):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_split_low_precision_matches_oracle(dtype):
+def test_split_low_precision_matches_oracle(dtype, diagonal):
   query, key, value = _inputs(6, dtype=dtype)
   allowed = oracle.attention_mask((2,), NUM_HEADS, 48, 48, is_causal=True)
   expected, _, _ = oracle.dot_product_attention(query, key, value,
@@ -119,7 +128,7 @@ def test_split_low_precision_matches_oracle(dtype):
                              **tolerance(dtype))
 
 
-def test_split_keeps_nan_queries_in_their_rows():
+def test_split_keeps_nan_queries_in_their_rows(diagonal):
   # The quarters are ordered through the top half's softmax state. A NaN
   # query in the top half must not reach the rows below it.
   query, key, value = _inputs(7)
@@ -133,3 +142,86 @@ def test_split_keeps_nan_queries_in_their_rows():
   assert np.isfinite(out[0, 1:]).all()
   assert np.isfinite(out[0, 0, 1:]).all()
   np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+
+
+# Causal windows with 16-row query blocks and 8-key blocks. A window of at
+# least 15 keys shows each row its whole part of the diagonal square.
+WINDOWS = {
+    "edge-on-block": (15, 0),
+    "edge-inside-block": (20, 0),
+    "right-side-hidden": (20, 3),
+    "wide": (40, 0),
+}
+
+
+@pytest.mark.parametrize("window", list(WINDOWS.values()), ids=list(WINDOWS))
+@pytest.mark.parametrize("name", ["square", "longer-keys", "mqa"])
+def test_window_split_matches_oracle(name, window, diagonal):
+  query, key, value = _inputs(8, **SHAPES[name])
+  assert _plan(query, key, value, local_window_size=window,
+               **BLOCKS).split_diagonal
+  batch = query.shape[:-3]
+  allowed = oracle.attention_mask(batch, NUM_HEADS, query.shape[-3],
+                                  key.shape[-3], is_causal=True,
+                                  local_window_size=window)
+  expected, _, expected_lse = oracle.dot_product_attention(
+      query, key, value, allowed=allowed)
+
+  out, lse = jax.jit(lambda q, k, v: aj.chunked_attention(
+      q, k, v, is_causal=True, local_window_size=window,
+      return_residual=True, **BLOCKS))(query, key, value)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("window, expected", [((14, 0), False),
+                                              ((15, 0), True),
+                                              ((14, 5), False)])
+def test_window_splits_when_it_covers_the_diagonal(window, expected):
+  query, key, value = _inputs(9)
+
+  plan = _plan(query, key, value, local_window_size=window, **BLOCKS)
+
+  assert plan.split_diagonal == expected
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(logits_soft_cap=2.0), dict(bias=True),
+     dict(dropout_rate=0.3)],
+    ids=["plain", "soft-cap", "bias", "dropout"])
+def test_window_split_gradients_match_reference(options, diagonal):
+  query, key, value = _inputs(10, query_len=32, key_len=48)
+  window = (20, 0)
+  options = dict(options)
+  bias = None
+  if options.pop("bias", False):
+    bias = jax.random.normal(jax.random.key(11), (1, NUM_HEADS, 32, 48))
+  if options.get("dropout_rate"):
+    options["dropout_rng"] = jax.random.key(12)
+  cotangent = jax.random.normal(jax.random.key(13), (2, 32, NUM_HEADS,
+                                                     VALUE_DIM))
+
+  def loss(implementation, query, key, value, bias):
+    if implementation == "chunked":
+      out = aj.chunked_attention(query, key, value, bias, is_causal=True,
+                                 local_window_size=window, **options,
+                                 **BLOCKS)
+    else:
+      out = aj.dot_product_attention(query, key, value, bias, is_causal=True,
+                                     local_window_size=window,
+                                     implementation="reference", **options)
+    return jnp.sum(out * cotangent), out
+
+  argnums = (1, 2, 3) if bias is None else (1, 2, 3, 4)
+  (_, expected), expected_grads = jax.value_and_grad(
+      loss, argnums, has_aux=True)("reference", query, key, value, bias)
+  (_, actual), actual_grads = jax.jit(
+      jax.value_and_grad(loss, argnums, has_aux=True), static_argnums=0)(
+          "chunked", query, key, value, bias)
+
+  np.testing.assert_allclose(actual, expected, **tolerance(np.float32))
+  for index, (got, want) in enumerate(zip(actual_grads, expected_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")

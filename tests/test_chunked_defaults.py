@@ -73,11 +73,12 @@ def test_backward_blocks_gradients_match_reference():
      ((4096, 4096), dict(query_segment_ids=np.zeros((1, 4096), np.int32),
                          key_segment_ids=np.zeros((1, 4096), np.int32)),
       (512, 512, False)),
-     ((4096, 4096), dict(local_window_size=(4095, 0)), (512, 512, False)),
+     ((4096, 4096), dict(local_window_size=(4095, 0)), (512, 512, True)),
+     ((4096, 4096), dict(local_window_size=(255, 0)), (512, 256, False)),
      ((64, 64), dict(block_q=16, block_k=16), (16, 16, True)),
      ((64, 64), dict(block_q=16, block_k=32), (16, 32, False))],
     ids=["long", "fallback-blocks", "offset", "odd-length", "segments",
-         "window", "explicit", "explicit-wide-keys"])
+         "window", "narrow-window", "explicit", "explicit-wide-keys"])
 def test_causal_tiles(shape, options, expected):
   query_len, key_len = shape
   query = jnp.zeros((1, query_len, 2, 8))

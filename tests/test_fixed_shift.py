@@ -78,11 +78,14 @@ def _chunked(query, key, value, causal, **options):
     (dict(), jnp.float16, False),
     (dict(is_causal=True, block_q=8, block_k=16), np.float32, False),
     (dict(local_window_size=(8, 0)), np.float32, False),
+    (dict(is_causal=True, local_window_size=(20, 0)), np.float32, True),
+    (dict(is_causal=True, local_window_size=(8, 0)), np.float32, False),
     (dict(key_value_seq_lengths=jnp.array([40, 48])), np.float32, False),
     (dict(score_mod=lambda score, *indices: score), np.float32, False),
     (dict(block_k=10), np.float32, False),
 ], ids=["plain", "causal", "soft-cap", "dropout", "bfloat16", "float16",
-        "causal-unsplit", "window", "key-lengths", "score-mod",
+        "causal-unsplit", "window", "causal-window", "narrow-causal-window",
+        "key-lengths", "score-mod",
         "ragged-key-blocks"])
 def test_fixed_shift_applies(options, dtype, expected):
   query, key, value = _inputs(0, dtype=dtype)
@@ -120,6 +123,28 @@ def test_forward_matches_oracle(name, causal):
   expected, expected_lse = _expected(query, key, value, causal)
 
   out, lse = _chunked(query, key, value, causal)
+
+  scale = options.get("value_scale", 1.0)
+  np.testing.assert_allclose(np.asarray(out) / scale, expected / scale,
+                             **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_window_forward_matches_oracle(name):
+  # Causal rows see the 20 keys before them, so the falling ramp rises
+  # above each row's own logit by up to 20 / 47 of `rise`.
+  options, bounded = CASES[name]
+  window = (20, 0)
+  query, key, value = _inputs(2, causal=True, **options)
+  assert _bounded(query, key, value, is_causal=True, local_window_size=window,
+                  **BLOCKS) == bounded
+  allowed = oracle.attention_mask((BATCH,), NUM_HEADS, LENGTH, LENGTH,
+                                  is_causal=True, local_window_size=window)
+  expected, _, expected_lse = oracle.dot_product_attention(
+      query, key, value, allowed=allowed)
+
+  out, lse = _chunked(query, key, value, True, local_window_size=window)
 
   scale = options.get("value_scale", 1.0)
   np.testing.assert_allclose(np.asarray(out) / scale, expected / scale,
