@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention_jax import _chunked_tiles as tiles
+from attention_jax import _tile_ranges as ranges
 from attention_jax._blocks import Plan
 from attention_jax._chunked_kernel import chunked_core
 
@@ -57,7 +57,7 @@ def core_in_chunks(plan: Plan, chunk: int, query, key, value, bias, aux,
     # Loop bounds and tile skipping use batch-wide extremes, computed here
     # once, so that they do not depend on the sequence that vmap maps.
     aux = dict(aux)
-    for name in tiles.BOUNDED:
+    for name in ranges.BOUNDED:
       if name in aux:
         aux[name + "_min"] = jnp.min(aux[name])
         aux[name + "_max"] = jnp.max(aux[name])

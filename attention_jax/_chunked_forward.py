@@ -30,6 +30,7 @@ import numpy as np
 
 from attention_jax import _attend
 from attention_jax import _chunked_tiles as tiles
+from attention_jax import _tile_ranges as ranges
 from attention_jax._blocks import Plan, tile_of
 
 
@@ -275,8 +276,8 @@ def _visitor(plan: Plan, fixed_shift: bool, q_start, q_rows, key, value, bias,
                            first_new)
     if window_edge:
       return update(state, mask)
-    return tiles.visit_tile(plan, aux, q_start, k_start, first_new, mask,
-                            update, state)
+    return ranges.visit_tile(plan, aux, q_start, k_start, first_new, mask,
+                             update, state)
   return visit
 
 
@@ -300,7 +301,7 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
     q_rows = tiles.scaled_query_rows(plan, query, q_start)
     visit = _visitor(plan, fixed_shift, q_start, q_rows, key, value, bias,
                      aux, params)
-    first, last = tiles.key_block_range(plan, aux, block)
+    first, last = ranges.key_block_range(plan, aux, block)
     if plan.split_diagonal:
       init = _diagonal_state(plan, aux, query, key, value, bias, params,
                              q_start, fixed_shift)
@@ -308,7 +309,7 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
                   ) // plan.block_k
       last = jnp.asarray(diagonal, jnp.int32)
       if plan.window is not None:
-        edge = tiles.full_window_start(plan, q_start, first, last)
+        edge = ranges.full_window_start(plan, q_start, first, last)
         init = jax.lax.fori_loop(
             first, edge,
             _visitor(plan, fixed_shift, q_start, q_rows, key, value, bias,

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from attention_jax import _chunked_tiles as tiles
+from attention_jax import _tile_ranges as ranges
 from attention_jax._chunked_forward import causal_patterns
 from attention_jax._chunked_forward import forward as _forward
 from attention_jax._blocks import Plan, tile_of
@@ -145,11 +146,11 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
       mask = tiles.tile_mask(plan, aux, batch_size, q_start, k_start, first_new)
       if window_edge:
         return update(inner, mask)
-      return tiles.visit_tile(plan, aux, q_start, k_start, first_new,
-                              mask, update, inner)
+      return ranges.visit_tile(plan, aux, q_start, k_start, first_new,
+                               mask, update, inner)
 
     dq, dk, dv, dbias, dparams = carry
-    first, last = tiles.key_block_range(plan, aux, block)
+    first, last = ranges.key_block_range(plan, aux, block)
     # The query gradient is accumulated transposed, [B * K, H, G * bq].
     dq_t = jnp.zeros((q_rows.shape[0], q_rows.shape[2], q_rows.shape[1]),
                      tiles.F32)
@@ -159,7 +160,7 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
                   ) // plan.block_k
       if plan.window is not None:
         # Key blocks at the window's far edge get their mask.
-        edge = tiles.full_window_start(plan, q_start, first, diagonal)
+        edge = ranges.full_window_start(plan, q_start, first, diagonal)
         inner = jax.lax.fori_loop(
             first, edge,
             lambda index, inner: visit(index, inner, window_edge=True),

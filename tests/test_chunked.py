@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attention_jax as aj
-from attention_jax import _chunked_tiles
+from attention_jax import _tile_ranges
 from attention_jax import dot_product
 from attention_jax._blocks import Plan
 from attention_jax.chunked import chunked_attention_gradients
@@ -272,7 +272,7 @@ def _plan(**overrides):
     ids=["all", "causal", "window", "key-lengths", "offset"])
 def test_key_block_range_skips_unreachable(overrides, aux, expected):
   plan = _plan(**overrides)
-  ranges = [tuple(int(x) for x in _chunked_tiles.key_block_range(
+  ranges = [tuple(int(x) for x in _tile_ranges.key_block_range(
       plan, aux, block)) for block in range(plan.num_q_blocks)]
 
   assert ranges == expected
