@@ -79,18 +79,28 @@ def test_split_forward_matches_oracle(name, blocks, diagonal):
      dict(bias=True), dict(dropout_rate=0.3)],
     ids=["plain", "soft-cap", "score-mod", "bias", "dropout"])
 def test_split_gradients_match_reference(options, diagonal):
-  query, key, value = _inputs(2, query_len=32, key_len=48)
-  options = dict(options)
+  _assert_split_gradients_match(options, seed=2)
+
+
+def _assert_split_gradients_match(options, seed, **mask):
+  """Check chunked gradients of a split causal call against the reference.
+
+  `mask` adds options that both paths get, such as a window.
+  """
+  query, key, value = _inputs(seed, query_len=32, key_len=48)
+  options = dict(options, **mask)
   bias = None
   if options.pop("bias", False):
-    bias = jax.random.normal(jax.random.key(3), (1, NUM_HEADS, 32, 48))
+    bias = jax.random.normal(jax.random.key(seed + 1),
+                             (1, NUM_HEADS, 32, 48))
   if options.get("dropout_rate"):
-    options["dropout_rng"] = jax.random.key(4)
+    options["dropout_rng"] = jax.random.key(seed + 2)
   assert _plan(query, key, value, **BLOCKS, **{
       name: value for name, value in options.items()
-      if name in ("logits_soft_cap", "score_mod")}).split_diagonal
-  cotangent = jax.random.normal(jax.random.key(5), (2, 32, NUM_HEADS,
-                                                    VALUE_DIM))
+      if name in ("logits_soft_cap", "score_mod",
+                  "local_window_size")}).split_diagonal
+  cotangent = jax.random.normal(jax.random.key(seed + 3),
+                                (2, 32, NUM_HEADS, VALUE_DIM))
 
   def loss(implementation, query, key, value, bias):
     if implementation == "chunked":
@@ -192,36 +202,4 @@ def test_window_splits_when_it_covers_the_diagonal(window, expected):
      dict(dropout_rate=0.3)],
     ids=["plain", "soft-cap", "bias", "dropout"])
 def test_window_split_gradients_match_reference(options, diagonal):
-  query, key, value = _inputs(10, query_len=32, key_len=48)
-  window = (20, 0)
-  options = dict(options)
-  bias = None
-  if options.pop("bias", False):
-    bias = jax.random.normal(jax.random.key(11), (1, NUM_HEADS, 32, 48))
-  if options.get("dropout_rate"):
-    options["dropout_rng"] = jax.random.key(12)
-  cotangent = jax.random.normal(jax.random.key(13), (2, 32, NUM_HEADS,
-                                                     VALUE_DIM))
-
-  def loss(implementation, query, key, value, bias):
-    if implementation == "chunked":
-      out = aj.chunked_attention(query, key, value, bias, is_causal=True,
-                                 local_window_size=window, **options,
-                                 **BLOCKS)
-    else:
-      out = aj.dot_product_attention(query, key, value, bias, is_causal=True,
-                                     local_window_size=window,
-                                     implementation="reference", **options)
-    return jnp.sum(out * cotangent), out
-
-  argnums = (1, 2, 3) if bias is None else (1, 2, 3, 4)
-  (_, expected), expected_grads = jax.value_and_grad(
-      loss, argnums, has_aux=True)("reference", query, key, value, bias)
-  (_, actual), actual_grads = jax.jit(
-      jax.value_and_grad(loss, argnums, has_aux=True), static_argnums=0)(
-          "chunked", query, key, value, bias)
-
-  np.testing.assert_allclose(actual, expected, **tolerance(np.float32))
-  for index, (got, want) in enumerate(zip(actual_grads, expected_grads)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
-                               err_msg=f"gradient of argument {index}")
+  _assert_split_gradients_match(options, seed=10, local_window_size=(20, 0))
