@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from typing import Any
 
 from .configs import CHUNKED, CONTENDER_NAMES, FORWARD, FORWARD_BACKWARD, FORWARD_BACKWARD_FLOP_FACTOR, MATMUL_SIZE
@@ -163,9 +164,11 @@ def write_plot(path: str, record: dict[str, Any]) -> bool:
     figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3, fontsize=9)
     machine = record["machine"]
     shape = record["shape"]
-    figure.suptitle(f"{record['dtype']} attention, B={shape['batch']}, {heads_description(shape)}, "
-                    f"H={shape['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)\n"
-                    f"FLOPs: {flop_description(record)}")
+    # About nine characters of the title font fit per inch of figure width.
+    flops = textwrap.wrap(f"FLOPs: {flop_description(record)}", int(9 * figure.get_figwidth()))
+    figure.suptitle("\n".join([f"{record['dtype']} attention, B={shape['batch']}, {heads_description(shape)}, "
+                               f"H={shape['head_dim']} on {machine['cpu_model']} ({machine['usable_cores']} cores)",
+                               *flops]))
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
