@@ -16,8 +16,8 @@ the far edge of a sliding window.
 Where every tile after a query block's first is visible in full, tiles
 skip the maximum pass and keep one shift per row (`fixed_shift_applies`):
 the row maximum of the first tile, or with the causal split, the row's
-logit for its own position, which windows too always show. An exact pass with running maxima replaces the
-result if the weights could overflow.
+logit for its own position, which windows too always show. An exact pass
+with running maxima replaces the result if the weights could overflow.
 """
 
 from __future__ import annotations
@@ -229,12 +229,12 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
   every tile keeps each row's logit for its own position, which neither
   the causal mask nor a window hides. A logit above the shift gives a
   weight above 1, which float32 represents with the same relative
-  precision up to about exp(88). If a row's sum of weights could make its accumulator overflow,
-  or is not finite, the whole pass runs again with running maxima
-  (`_exact_unless_bounded`), so the result never depends on how far the
-  logits rise above the shift. On a 2-core Xeon (8 heads, head dim 64,
-  float32, T = S = 4096) the forward pass took 196 ms against 210 ms, and
-  a causal one 117 ms against 128 ms (paired runs).
+  precision up to about exp(88). If a row's sum of weights could make its
+  accumulator overflow, or is not finite, the whole pass runs again with
+  running maxima (`_exact_unless_bounded`), so the result never depends on
+  how far the logits rise above the shift. On a 2-core Xeon (8 heads, head
+  dim 64, float32, T = S = 4096) the forward pass took 196 ms against
+  210 ms, and a causal one 117 ms against 128 ms (paired runs).
 
   Left out:
   - a bias or `score_mod`, which can make a row's shift -inf;
