@@ -114,6 +114,24 @@ class Plan:
             and offset % self.block_k == 0)
 
   @property
+  def shifts_by_own_logit(self) -> bool:
+    """Whether every row sees its own key position, whose logit can shift it.
+
+    That holds under the causal split, and for any window (causal or not)
+    with no other mask, no query padding and the queries aligned with the
+    last T keys, so that a query block's own keys are one slice of keys.
+    """
+    if self.split_diagonal:
+      return True
+    offset = self.key_length - self.query_length
+    other_masks = (self.has_offset or self.has_mask or self.has_query_lengths
+                   or self.has_key_lengths or self.has_segments
+                   or self.mask_mod is not None)
+    return (self.window is not None and min(self.window) >= 0
+            and not other_masks and offset >= 0
+            and self.query_length % self.block_q == 0)
+
+  @property
   def can_produce_neg_inf(self) -> bool:
     """Whether logits can be -inf, which counts as masked."""
     return self.has_bias or self.score_mod is not None

@@ -15,9 +15,10 @@ the far edge of a sliding window.
 
 Where every tile after a query block's first is visible in full, tiles
 skip the maximum pass and keep one shift per row (`fixed_shift_applies`):
-the row maximum of the first tile, or with the causal split, the row's
-logit for its own position, which windows too always show. An exact pass
-with running maxima replaces the result if the weights could overflow.
+the row maximum of the first tile. With the causal split or a window,
+the shift is instead the row's logit for its own position, which neither
+mask hides. An exact pass with running maxima replaces the result if the
+weights could overflow.
 """
 
 from __future__ import annotations
@@ -226,8 +227,9 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
   running sum and accumulator. Without a mask, every tile after a query
   block's first instead keeps the row maxima of that first tile as the
   shift. With a causal diagonal computed first (`Plan.split_diagonal`),
-  every tile keeps each row's logit for its own position, which neither
-  the causal mask nor a window hides. A logit above the shift gives a
+  or with a window and no other mask (`Plan.shifts_by_own_logit`), every
+  tile keeps each row's logit for its own position, which neither the
+  causal mask nor a window hides. A logit above the shift gives a
   weight above 1, which float32 represents with the same relative
   precision up to about exp(88). If a row's sum of weights could make its
   accumulator overflow, or is not finite, the whole pass runs again with
@@ -242,7 +244,7 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
     largest finite value is about exp(11);
   - more than one device, where the check would reduce over devices.
   """
-  unmasked = not plan.has_tile_mask or plan.split_diagonal
+  unmasked = not plan.has_tile_mask or plan.shifts_by_own_logit
   return (unmasked and not plan.can_produce_neg_inf
           and jnp.dtype(value_dtype) != jnp.float16
           and jax.device_count() == 1)
@@ -317,7 +319,12 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
         first = edge
     else:
       init = _empty_state(flat, rows, value.shape[-1])
-    if fixed_shift and not plan.split_diagonal:
+      if fixed_shift and plan.shifts_by_own_logit:
+        square = dataclasses.replace(plan, block_k=plan.block_q)
+        own = _diagonal_logits(square, aux, q_rows, key,
+                               q_start + plan.key_length - plan.query_length)
+        init = (own, *init[1:])
+    if fixed_shift and not plan.shifts_by_own_logit:
       # The first key block sets the shift of every row.
       init = _visitor(plan, False, q_start, q_rows, key, value, bias, aux,
                       params)(first, init)

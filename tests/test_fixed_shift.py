@@ -77,16 +77,20 @@ def _chunked(query, key, value, causal, **options):
     (dict(), jnp.bfloat16, True),
     (dict(), jnp.float16, False),
     (dict(is_causal=True, block_q=8, block_k=16), np.float32, False),
-    (dict(local_window_size=(8, 0)), np.float32, False),
+    (dict(local_window_size=(8, 0)), np.float32, True),
+    (dict(local_window_size=(6, 6)), np.float32, True),
     (dict(is_causal=True, local_window_size=(20, 0)), np.float32, True),
-    (dict(is_causal=True, local_window_size=(8, 0)), np.float32, False),
+    (dict(is_causal=True, local_window_size=(8, 0)), np.float32, True),
+    (dict(local_window_size=(6, 6), block_q=32), np.float32, False),
+    (dict(local_window_size=(6, 6),
+          key_value_seq_lengths=jnp.array([40, 48])), np.float32, False),
     (dict(key_value_seq_lengths=jnp.array([40, 48])), np.float32, False),
     (dict(score_mod=lambda score, *indices: score), np.float32, False),
     (dict(block_k=10), np.float32, False),
 ], ids=["plain", "causal", "soft-cap", "dropout", "bfloat16", "float16",
-        "causal-unsplit", "window", "causal-window", "narrow-causal-window",
-        "key-lengths", "score-mod",
-        "ragged-key-blocks"])
+        "causal-unsplit", "window", "symmetric-window", "causal-window",
+        "narrow-causal-window", "window-padded-queries", "window-key-lengths",
+        "key-lengths", "score-mod", "ragged-key-blocks"])
 def test_fixed_shift_applies(options, dtype, expected):
   query, key, value = _inputs(0, dtype=dtype)
   options = {**BLOCKS, **options}
@@ -149,6 +153,34 @@ def test_window_forward_matches_oracle(name):
   scale = options.get("value_scale", 1.0)
   np.testing.assert_allclose(np.asarray(out) / scale, expected / scale,
                              **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("window, causal, rise, bounded", [
+    ((6, 6), False, 0.0, True),
+    ((6, 6), False, 40.0, True),
+    ((6, 6), False, 2000.0, False),
+    ((5, 0), True, 40.0, True),
+    ((5, 0), True, 2000.0, False),
+], ids=["symmetric-flat", "symmetric-rising", "symmetric-overflowing",
+        "narrow-causal-rising", "narrow-causal-overflowing"])
+def test_own_logit_window_matches_oracle(window, causal, rise, bounded):
+  # Without the causal split, a window still shows each row its own key,
+  # whose logit is the row's shift. Within 6 keys the ramp rises by about
+  # 6 / 47 of `rise`, so only a rise of 2000 overflows.
+  query, key, value = _inputs(3, rise=rise, causal=causal)
+  options = dict(is_causal=causal, local_window_size=window)
+  plan = prepare(query, key, value, **options, **BLOCKS).plan
+  assert not plan.split_diagonal
+  assert _bounded(query, key, value, **options, **BLOCKS) == bounded
+  allowed = oracle.attention_mask((BATCH,), NUM_HEADS, LENGTH, LENGTH,
+                                  is_causal=causal, local_window_size=window)
+  expected, _, expected_lse = oracle.dot_product_attention(
+      query, key, value, allowed=allowed)
+
+  out, lse = _chunked(query, key, value, causal, local_window_size=window)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
   np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
 
 
