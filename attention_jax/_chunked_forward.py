@@ -128,13 +128,15 @@ def _join_halves(plan: Plan, top, bottom):
   return tuple(join(a, b) for a, b in zip(top, bottom))
 
 
-def _diagonal_logits(plan: Plan, aux, q_rows, key, k_start):
+def _own_logits(plan: Plan, aux, q_rows, key, q_start):
   """Return the logit of each row of `q_rows` for its own key position.
 
-  Query rows `[B * K, G * bq, H]` from `tiles.scaled_query_rows` and the bq
-  keys from `k_start` on give `[B * K, G * bq, 1]`, computed as the tiles
-  compute their logits without a bias or `score_mod`.
+  Query rows `[B * K, G * bq, H]` from `tiles.scaled_query_rows` at
+  `q_start` and their bq own keys give `[B * K, G * bq, 1]`, computed as
+  the tiles compute their logits without a bias or `score_mod`.
   """
+  plan = dataclasses.replace(plan, block_k=plan.block_q)
+  k_start = q_start + plan.key_length - plan.query_length
   k_rows = tiles.key_rows(plan, aux, key, k_start)
   flat, _, features = q_rows.shape
   grouped = q_rows.reshape(flat, plan.group_size, plan.block_q, features)
@@ -176,9 +178,7 @@ def _diagonal_state(plan: Plan, aux, query, key, value, bias, params,
   q_rows = tiles.scaled_query_rows(plan, query, q_start)
   state = _empty_state(flat, plan.group_size * plan.block_q, value.shape[-1])
   if fixed_shift:
-    square = dataclasses.replace(plan, block_k=plan.block_q)
-    shift = _diagonal_logits(square, aux, q_rows, key, k_start)
-    state = (shift, *state[1:])
+    state = (_own_logits(plan, aux, q_rows, key, q_start), *state[1:])
   patterns = jnp.asarray(causal_patterns(plan.block_q, plan.block_k))
   for index in range(plan.block_q // plan.block_k):
     state = _tile_update(plan, aux, q_rows, q_start,
@@ -206,7 +206,7 @@ def _quartered_diagonal_state(plan: Plan, aux, query, key, value, bias,
     q_rows = tiles.scaled_query_rows(sub, query, q_start + rows)
     state = _empty_state(flat, plan.group_size * half, value.shape[-1])
     if fixed_shift:
-      shift = _diagonal_logits(sub, aux, q_rows, key, k_start + rows)
+      shift = _own_logits(sub, aux, q_rows, key, q_start + rows)
       state = (shift, *state[1:])
     for keys in range(0, rows + half, half):
       if previous is not None:
@@ -320,10 +320,7 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
     else:
       init = _empty_state(flat, rows, value.shape[-1])
       if fixed_shift and plan.shifts_by_own_logit:
-        square = dataclasses.replace(plan, block_k=plan.block_q)
-        own = _diagonal_logits(square, aux, q_rows, key,
-                               q_start + plan.key_length - plan.query_length)
-        init = (own, *init[1:])
+        init = (_own_logits(plan, aux, q_rows, key, q_start), *init[1:])
     if fixed_shift and not plan.shifts_by_own_logit:
       # The first key block sets the shift of every row.
       init = _visitor(plan, False, q_start, q_rows, key, value, bias, aux,
