@@ -115,11 +115,12 @@ class Plan:
 
   @property
   def shifts_by_own_logit(self) -> bool:
-    """Whether every row sees its own key position, whose logit can shift it.
+    """Whether each row can be shifted by the logit of its own key position.
 
-    That holds under the causal split, and for any window (causal or not)
-    with no other mask, no query padding and the queries aligned with the
-    last T keys, so that a query block's own keys are one slice of keys.
+    A causal mask or a window never hides a row's own key. The shift
+    applies under the causal split, and for any window (causal or not) with
+    no other mask, no query padding and the queries aligned with the last T
+    keys. A query block's own keys are then one slice of the keys.
     """
     if self.split_diagonal:
       return True

@@ -1,4 +1,4 @@
-"""Which tiles of the chunked implementation to visit, and which need a mask.
+"""Tile ranges of the chunked implementation: the tiles to visit and their masks.
 
 A query block visits the key blocks its causal, window and length bounds can
 reach (`key_block_range`). Inside that range, a tile's corners tell whether
@@ -65,9 +65,9 @@ def full_window_start(plan: Plan, q_start, first, diagonal):
   """Return the first key block in `[first, diagonal]` that no window hides.
 
   With the causal split (`Plan.split_diagonal`) and a window of `left`
-  keys, the key blocks from `first` up to this one hold the window's far
-  edge and need a mask, and those from it up to the diagonal need none:
-  the block's first key is within `left` of the query block's last row.
+  keys, the key blocks from `first` up to this one contain the window's
+  far edge and need a mask. Those from it up to the diagonal need none,
+  because their first key is within `left` of the query block's last row.
   """
   if plan.window is None:
     return first

@@ -38,8 +38,8 @@ DTYPES = ("float32", "bfloat16")
 NON_CAUSAL = "non-causal"
 CAUSAL = "causal"
 WINDOW = "window"
-# Mask kinds of --masks. A window pass is causal, and each query also sees
-# the --window keys before it.
+# Mask kinds of --masks. A window pass is causal, and each query also
+# attends to the --window keys before it.
 MASK_KINDS = (NON_CAUSAL, CAUSAL, WINDOW)
 
 
@@ -52,7 +52,7 @@ class Config:
     heads: int
     head_dim: int
     dtype: str  # one of DTYPES
-    window: int | None = None  # keys before each query that it sees, besides its own; requires is_causal
+    window: int | None = None  # keys before each query that it attends to, besides its own; requires is_causal
     kv_heads: int | None = None  # key and value heads K; None for K = N
 
     def __post_init__(self):
