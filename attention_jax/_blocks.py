@@ -54,6 +54,10 @@ class Plan:
   # (the softmax scale when that is exact there, else 1). The query
   # gradient includes it.
   query_scale: float = 1.0
+  # Whether the forward pass zeroes the values of keys that no query may
+  # see. A pass without it is checked for non-finite outputs (see
+  # `_chunked_forward.forward`).
+  zero_hidden_values: bool = True
 
   @property
   def num_q_blocks(self) -> int:

@@ -92,8 +92,9 @@ def chunked_backward(plan: Plan, residuals, cotangents, *,
 
       def update(inner, mask):
         dq_t, dk, dv, dbias, dparams = inner
-        k_rows = tiles.key_rows(plan, aux, key, k_start)
-        v_rows = tiles.key_rows(plan, aux, value, k_start)
+        masked = mask is not None
+        k_rows = tiles.key_rows(plan, aux, key, k_start, zero=masked)
+        v_rows = tiles.key_rows(plan, aux, value, k_start, zero=masked)
         logits = jnp.einsum("xsh,xrh->xsr", k_rows, q_rows,
                             preferred_element_type=tiles.F32)
         if plan.scale != 1.0:

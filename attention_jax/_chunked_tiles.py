@@ -274,19 +274,21 @@ def put_query_rows(plan: Plan, buffer, rows, q_start):
   return jax.lax.dynamic_update_slice_in_dim(buffer, block, q_start, 1)
 
 
-def key_rows(plan: Plan, aux: dict, x, k_start):
+def key_rows(plan: Plan, aux: dict, x, k_start, zero: bool = True):
   """Slice keys or values `[B, S, K, D]` to rows `[B * K, bk, D]`.
 
-  Keys that no query may see (past `key_value_seq_lengths`, or in an
-  all-False column of a dense mask) become zeros, because 0 * inf is NaN in
-  the tile's matrix products.
+  With `zero`, keys that no query may see (past `key_value_seq_lengths`,
+  or in an all-False column of a dense mask) become zeros, because
+  0 * inf is NaN in the tile's matrix products. A tile whose every entry
+  is visible has no such keys, and the forward pass masks their logits,
+  so only its values need zeros.
   """
   block = jax.lax.dynamic_slice_in_dim(x, k_start, plan.block_k, 1)
   keep = None
-  if plan.has_key_lengths:
+  if plan.has_key_lengths and zero:
     index = k_start + jnp.arange(plan.block_k, dtype=jnp.int32)
     keep = index < aux["key_lengths"][:, None]
-  if "key_reachable" in aux:
+  if "key_reachable" in aux and zero:
     reachable = jax.lax.dynamic_slice_in_dim(
         aux["key_reachable"], k_start, plan.block_k, 1)
     keep = reachable if keep is None else keep & reachable
