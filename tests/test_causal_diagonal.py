@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import attention_jax as aj
+import hooks
 import inputs
 import oracle
 from attention_jax import _chunked_forward
@@ -36,12 +37,6 @@ def _inputs(seed, *, batch=(2,), query_len=48, key_len=48, num_kv_heads=3,
 
 def _plan(query, key, value, **options):
   return prepare(query, key, value, is_causal=True, **options).plan
-
-
-def _alibi_like(score, batch, head, q_index, kv_index):
-  del batch
-  slope = 0.25 * (head + 1).astype(score.dtype)
-  return score - slope * jnp.abs(q_index - kv_index).astype(score.dtype)
 
 
 SHAPES = {
@@ -75,7 +70,7 @@ def test_split_forward_matches_oracle(name, blocks, diagonal):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(logits_soft_cap=2.0), dict(score_mod=_alibi_like),
+    [dict(), dict(logits_soft_cap=2.0), dict(score_mod=hooks.distance_penalty),
      dict(bias=True), dict(dropout_rate=0.3)],
     ids=["plain", "soft-cap", "score-mod", "bias", "dropout"])
 def test_split_gradients_match_reference(options, diagonal):

@@ -12,6 +12,7 @@ from attention_jax import _tile_ranges
 from attention_jax import dot_product
 from attention_jax._blocks import Plan
 from attention_jax.chunked import chunked_attention_gradients
+import hooks
 import oracle
 from tolerances import tolerance
 
@@ -33,17 +34,6 @@ def _segments(seed, length, batch=BATCH):
   rng = np.random.default_rng(seed)
   return np.cumsum(rng.random((batch, length)) < 0.15, axis=-1).astype(
       np.int32)
-
-
-def _alibi_like(score, batch, head, q_index, kv_index):
-  del batch
-  slope = 0.25 * (head + 1).astype(score.dtype)
-  return score - slope * jnp.abs(q_index - kv_index).astype(score.dtype)
-
-
-def _stripes(batch, head, q_index, kv_index):
-  del batch, head
-  return (q_index + kv_index) % 3 != 0
 
 
 CASES = {
@@ -125,18 +115,18 @@ def test_chunked_gradients_match_reference(name):
 
 
 @pytest.mark.parametrize(
-    "hooks",
-    [dict(logits_soft_cap=2.0), dict(score_mod=_alibi_like),
-     dict(mask_mod=_stripes),
-     dict(score_mod=_alibi_like, mask_mod=_stripes, logits_soft_cap=3.0,
-          is_causal=True)],
+    "hook_options",
+    [dict(logits_soft_cap=2.0), dict(score_mod=hooks.distance_penalty),
+     dict(mask_mod=hooks.stripes),
+     dict(score_mod=hooks.distance_penalty, mask_mod=hooks.stripes,
+          logits_soft_cap=3.0, is_causal=True)],
     ids=["soft-cap", "score-mod", "mask-mod", "all-hooks"])
-def test_chunked_hooks_match_reference(hooks):
+def test_chunked_hooks_match_reference(hook_options):
   query, key, value = _inputs(5)
 
   def loss(implementation, query, key, value):
     out = aj.dot_product_attention(
-        query, key, value, implementation=implementation, **hooks)
+        query, key, value, implementation=implementation, **hook_options)
     return jnp.sum(jnp.sin(out)), out
 
   (_, expected), expected_grads = jax.value_and_grad(
@@ -163,8 +153,9 @@ def test_reference_hooks_match_oracle():
   expected = oracle.weighted_values(weights, value)
 
   out = aj.dot_product_attention(
-      query, key, value, logits_soft_cap=cap, score_mod=_alibi_like,
-      mask_mod=_stripes, implementation="reference")
+      query, key, value, logits_soft_cap=cap,
+      score_mod=hooks.distance_penalty, mask_mod=hooks.stripes,
+      implementation="reference")
 
   np.testing.assert_allclose(out, expected, **tolerance(np.float32))
 
