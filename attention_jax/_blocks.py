@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax._tile_sizes import PACKED_HEADS_MAX_ROWS
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -135,6 +137,18 @@ class Plan:
     return (self.window is not None and min(self.window) >= 0
             and not other_masks and offset >= 0
             and self.query_length % self.block_q == 0)
+
+  @property
+  def packs_heads(self) -> bool:
+    """Whether forward tiles multiply all key/value heads at once.
+
+    With few query rows per tile, as when decoding, a tile's time goes
+    into transposing its key and value blocks to `[B * K, bk, H]`. The
+    packed products of `_packed_heads` read the blocks as they lie and do
+    K times the arithmetic instead.
+    """
+    rows = self.num_kv_heads * self.group_size * self.block_q
+    return self.num_kv_heads > 1 and rows <= PACKED_HEADS_MAX_ROWS
 
   @property
   def can_produce_neg_inf(self) -> bool:

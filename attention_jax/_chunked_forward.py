@@ -31,6 +31,7 @@ import numpy as np
 
 from attention_jax import _attend
 from attention_jax import _chunked_tiles as tiles
+from attention_jax import _packed_heads
 from attention_jax import _tile_ranges as ranges
 from attention_jax._blocks import Plan, tile_of
 
@@ -66,9 +67,10 @@ def _tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
   row_max, total, acc = state
   # The tile's mask replaces the logits of hidden keys, so only their
   # values need zeros.
-  k_rows = tiles.key_rows(plan, aux, key, k_start, zero=False)
+  k_rows = tiles.key_rows(plan, aux, key, k_start, plan.packs_heads,
+                          zero=False)
   v_rows = tiles.key_rows(
-      plan, aux, value, k_start,
+      plan, aux, value, k_start, plan.packs_heads,
       zero=mask is not None and plan.zero_hidden_values)
   logits = tiles.tile_logits(
       plan, aux, batch_size, q_start, k_start, q_rows, k_rows,
@@ -96,8 +98,12 @@ def _tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
   dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
   if dropout is not None:
     rounded = tiles.round_to(probs * dropout, value.dtype)
-  acc = _rescaled(acc, correction) + jnp.einsum(
-      "xrs,xsv->xrv", rounded, v_rows, preferred_element_type=tiles.F32)
+  if plan.packs_heads:
+    weighted = _packed_heads.weighted_values(plan, rounded, v_rows)
+  else:
+    weighted = jnp.einsum("xrs,xsv->xrv", rounded, v_rows,
+                          preferred_element_type=tiles.F32)
+  acc = _rescaled(acc, correction) + weighted
   return new_max, total, acc
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import _attend
+from attention_jax import _packed_heads
 from attention_jax import dropout as dropout_lib
 from attention_jax._blocks import Plan, tile_of
 
@@ -128,15 +129,18 @@ def tile_logits(plan: Plan, aux: dict, batch_size: int, q_start, k_start,
   Args:
     q_rows: `[B * K, G * bq, H]`, the query block with heads of a group
       stacked as rows, so one matrix product serves the whole group.
-    k_block: `[B * K, bk, H]`.
+    k_block: `[B * K, bk, H]`, or `[B, bk, K * H]` when `plan.packs_heads`.
     bias_tile: block-layout bias tile or None.
     params: the `score_mod_params` pytree, or None.
 
   Returns:
     Logits `[B * K, G * bq, bk]` in float32.
   """
-  logits = jnp.einsum("xrh,xsh->xrs", q_rows, k_block,
-                      preferred_element_type=F32)
+  if plan.packs_heads:
+    logits = _packed_heads.logits(plan, q_rows, k_block)
+  else:
+    logits = jnp.einsum("xrh,xsh->xrs", q_rows, k_block,
+                        preferred_element_type=F32)
   if plan.scale != 1.0:
     logits = logits * jnp.asarray(plan.scale, F32)
   if not modifies_logits(plan):
@@ -274,14 +278,16 @@ def put_query_rows(plan: Plan, buffer, rows, q_start):
   return jax.lax.dynamic_update_slice_in_dim(buffer, block, q_start, 1)
 
 
-def key_rows(plan: Plan, aux: dict, x, k_start, zero: bool = True):
+def key_rows(plan: Plan, aux: dict, x, k_start, packed: bool = False,
+             zero: bool = True):
   """Slice keys or values `[B, S, K, D]` to rows `[B * K, bk, D]`.
 
-  With `zero`, keys that no query may see (past `key_value_seq_lengths`,
-  or in an all-False column of a dense mask) become zeros, because
-  0 * inf is NaN in the tile's matrix products. A tile whose every entry
-  is visible has no such keys, and the forward pass masks their logits,
-  so only its values need zeros.
+  With `packed`, return the block as it lies in memory, `[B, bk, K * D]`,
+  for the products of `_packed_heads`. With `zero`, keys that no query
+  may see (past `key_value_seq_lengths`, or in an all-False column of a
+  dense mask) become zeros, because 0 * inf is NaN in the tile's matrix
+  products. A tile whose every entry is visible has no such keys, and the
+  forward pass masks their logits, so only its values need zeros.
   """
   block = jax.lax.dynamic_slice_in_dim(x, k_start, plan.block_k, 1)
   keep = None
@@ -295,6 +301,8 @@ def key_rows(plan: Plan, aux: dict, x, k_start, zero: bool = True):
   if keep is not None:
     block = jnp.where(keep[:, :, None, None], block,
                       jnp.zeros((), block.dtype))
+  if packed:
+    return block.reshape(x.shape[0], plan.block_k, -1)
   block = jnp.swapaxes(block, 1, 2)
   return block.reshape(-1, plan.block_k, x.shape[-1])
 
