@@ -112,14 +112,15 @@ def test_window_tiles(window, num_heads, expected):
 
 @pytest.mark.parametrize(
     "window, query_len, expected_block_k",
-    [((1023, 0), 1, 1024), ((1023, 0), 128, 1024), ((255, 0), 1, 256),
-     ((4000, 100), 1, 8192), (None, 1, 32768)],
+    [((1023, 0), 1, 128), ((1023, 0), 128, 1024), ((255, 0), 1, 64),
+     ((4000, 100), 1, 1024), (None, 1, 32768)],
     ids=["decode", "short-queries", "decode-narrow", "decode-wide",
          "decode-no-window"])
 def test_window_caps_key_blocks(window, query_len, expected_block_k):
   # Few queries grow the key blocks to keep the tile area, but not past the
   # window's width (rounded up to a power of two), so blocks outside the
-  # window are still skipped.
+  # window are still skipped. Tiles of at most 32 rows (all heads) take an
+  # eighth of that width, and at least 64 keys.
   query = jnp.zeros((1, query_len, 2, 8))
   key = value = jnp.zeros((1, 32768, 2, 8))
 
