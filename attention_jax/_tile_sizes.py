@@ -54,20 +54,21 @@ BACKWARD_BLOCKS = (512, 512)
 TILE_LOGITS = 8 * 1024 * 512
 MIN_DEFAULT_BLOCK_Q = 256
 # Forward tiles with at most this many query rows (all heads together)
-# multiply all key/value heads at once (`Plan.packs_heads`). Decoding over
-# 4096 keys with 8 heads on a 2-core Xeon, steps of 1, 2, 4 and 8 tokens
-# (8 to 64 rows) ran 1.34, 1.60, 1.14 and 0.86 times as fast packed as
-# not; over 32768 keys, 2 and 4 tokens ran 2.48 and 1.82 times as fast.
-# With 32 heads and 8 key/value heads, 1 token ran 1.27 times as fast and
-# 2 tokens (64 rows) 0.75 times.
+# multiply all key/value heads at once (`Plan.packs_heads`). We decoded
+# over 4096 keys with 8 heads on a 2-core Xeon, in steps of 1, 2, 4 and 8
+# tokens (8 to 64 rows). Packed tiles ran 1.34, 1.60, 1.14 and 0.86 times
+# as fast as unpacked ones. Over 32768 keys, 2 and 4 tokens ran 2.48 and
+# 1.82 times as fast. With 32 heads and 8 key/value heads, 1 token ran
+# 1.27 times as fast and 2 tokens (64 rows) 0.75 times.
 PACKED_HEADS_MAX_ROWS = 32
-# Such tiles under a window read about 8 key blocks per window width,
-# because their key blocks are copied out of the cache and smaller copies
-# ran faster than the extra loop steps cost. Decoding one token with 8
-# heads on a 2-core Xeon, per step: a (1023, 0) window took 0.77 ms in
-# blocks of 128 keys, 1.04 ms in 512 and 1.44 ms in 1024 (the earlier
-# default); (255, 0) took 0.13 ms in blocks of 64 against 0.34 ms in 256;
-# (4095, 0) took 2.5 ms in 512 and 2.2 ms in 1024 against 3.1 ms in 4096.
+# Such tiles under a window read about 8 key blocks per window width.
+# Their key blocks are copied out of the cache, and smaller copies ran
+# faster than the extra loop steps cost. Per step, decoding one token with
+# 8 heads on a 2-core Xeon:
+# - a (1023, 0) window took 0.77 ms in blocks of 128 keys, 1.04 ms in 512
+#   and 1.44 ms in 1024 (the earlier default);
+# - (255, 0) took 0.13 ms in blocks of 64, against 0.34 ms in 256;
+# - (4095, 0) took 2.5 ms in 512 and 2.2 ms in 1024, against 3.1 ms in 4096.
 DECODING_WINDOW_BLOCKS = 8
 MIN_DECODING_WINDOW_BLOCK_K = 64
 
