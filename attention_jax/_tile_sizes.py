@@ -54,10 +54,10 @@ BACKWARD_BLOCKS = (512, 512)
 TILE_LOGITS = 8 * 1024 * 512
 MIN_DEFAULT_BLOCK_Q = 256
 # Forward tiles with at most this many query rows (all heads together)
-# multiply all key/value heads at once (`Plan.packs_heads`). We decoded
-# over 4096 keys with 8 heads on a 2-core Xeon, in steps of 1, 2, 4 and 8
-# tokens (8 to 64 rows). Packed tiles ran 1.34, 1.60, 1.14 and 0.86 times
-# as fast as unpacked ones. Over 32768 keys, 2 and 4 tokens ran 2.48 and
+# multiply all key/value heads at once (`Plan.packs_heads`). Decoding over
+# 4096 keys with 8 heads on a 2-core Xeon in steps of 1, 2, 4 and 8 tokens
+# (8 to 64 rows), packed tiles ran 1.34, 1.60, 1.14 and 0.86 times as fast
+# as unpacked ones. Over 32768 keys, 2 and 4 tokens ran 2.48 and
 # 1.82 times as fast. With 32 heads and 8 key/value heads, 1 token ran
 # 1.27 times as fast and 2 tokens (64 rows) 0.75 times.
 PACKED_HEADS_MAX_ROWS = 32
