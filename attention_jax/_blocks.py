@@ -156,6 +156,29 @@ class Plan:
     return self.has_bias or self.score_mod is not None
 
 
+# A causal call whose T is not a multiple of the query block pads its keys
+# as far as its queries when that adds at most this share of T, so that the
+# diagonal split applies (`padded_to_split`).
+MAX_SPLIT_PADDING = 1 / 8
+
+
+def padded_to_split(plan: Plan) -> Plan:
+  """Return `plan` with T and S padded to whole query blocks, if that splits.
+
+  `Plan.split_diagonal` needs T to be a multiple of the query block.
+  Padding the keys by as many zero rows as the queries keeps the causal
+  offset S - T, so no real query can attend to a padded key. Returns `plan` itself
+  when it already splits, or when padding would not make it split or would
+  add more than `MAX_SPLIT_PADDING` of T.
+  """
+  pad = plan.padded_query_length - plan.query_length
+  if not pad or pad > MAX_SPLIT_PADDING * plan.query_length:
+    return plan
+  padded = dataclasses.replace(plan, query_length=plan.query_length + pad,
+                               key_length=plan.key_length + pad)
+  return padded if padded.split_diagonal else plan
+
+
 def to_block_layout(
     x: jax.Array | None,
     batch_shape: tuple[int, ...],

@@ -25,7 +25,7 @@ from attention_jax import _lifted_closures
 from attention_jax import _tile_sizes
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
-from attention_jax._blocks import Plan, to_block_layout
+from attention_jax._blocks import Plan, padded_to_split, to_block_layout
 from attention_jax._chunked_kernel import chunked_backward
 
 # A batch runs in chunks of sequences while the tiles of the whole batch
@@ -83,6 +83,7 @@ class _Prepared(NamedTuple):
   batch_chunk: int  # batch elements per run of the tile loop
   params: Any  # the `score_mod_params` the kernel receives
   vectorize_batch: bool = False  # map the kernel over the batch with vmap
+  query_length: int = 0  # the caller's T, which outputs are sliced back to
 
 
 def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
@@ -92,7 +93,7 @@ def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
   Without padding this is a reshape, which copies nothing.
   """
   x = x.reshape(-1, *x.shape[len(batch):])
-  pad = plan.padded_query_length - plan.query_length
+  pad = plan.padded_query_length - x.shape[1]
   if pad:
     widths = ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)
     x = jnp.pad(x, widths, constant_values=fill)
@@ -101,8 +102,8 @@ def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
 
 def _from_rows(x: jax.Array, prepared: _Prepared) -> jax.Array:
   """Undo `_to_rows`: `[B, T_padded, N, ...]` to `[B..., T, N, ...]`."""
-  if x.shape[1] != prepared.plan.query_length:
-    x = x[:, :prepared.plan.query_length]
+  if x.shape[1] != prepared.query_length:
+    x = x[:, :prepared.query_length]
   return x.reshape(*prepared.batch, *x.shape[1:])
 
 
@@ -165,8 +166,8 @@ def _prepare(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
       is_causal=plan.is_causal,
-      splits=lambda block_q, block_k: dataclasses.replace(
-          plan, block_q=block_q, block_k=block_k).split_diagonal)
+      splits=lambda block_q, block_k: padded_to_split(dataclasses.replace(
+          plan, block_q=block_q, block_k=block_k)).split_diagonal)
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
       backward_blocks=chosen.backward_blocks)
@@ -204,6 +205,15 @@ def _prepare(
   # [B..., S, K, H] -> [B, S, K, H], a free reshape.
   k4 = key.reshape(flat_batch, key_length, num_kv_heads, head_dim)
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
+  padded_plan = padded_to_split(plan)
+  if padded_plan is not plan:
+    # Zero keys after the last one: the causal mask hides them from every
+    # real query, so only the padded query rows, which are dropped, see
+    # them.
+    extra = padded_plan.key_length - key_length
+    k4, v4 = (jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
+              for x in (k4, v4))
+    plan = padded_plan
 
   bias4 = to_block_layout(bias, batch, padded, 0)
   aux = {
@@ -232,7 +242,7 @@ def _prepare(
   aux = {name: array for name, array in aux.items() if array is not None}
 
   return _Prepared(plan, q5, k4, v4, bias4, aux, batch, chunk,
-                   score_mod_params, vectorize)
+                   score_mod_params, vectorize, query_length)
 
 
 def chunked_attention(
@@ -375,5 +385,6 @@ def chunked_attention_gradients(
                prepared.aux, None, to_rows(out, 0), to_rows(logsumexp, -jnp.inf))
   cotangents = (to_rows(d_out, 0), to_rows(d_logsumexp, 0))
   dq, dk, dv, *_ = chunked_backward(prepared.plan, residuals, cotangents)
-  return (_from_rows(dq, prepared), dk.reshape(key.shape),
-          dv.reshape(value.shape))
+  key_length = key.shape[-3]
+  return (_from_rows(dq, prepared), dk[:, :key_length].reshape(key.shape),
+          dv[:, :key_length].reshape(value.shape))

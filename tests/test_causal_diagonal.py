@@ -9,6 +9,7 @@ import attention_jax as aj
 import hooks
 import inputs
 import oracle
+import path_parity
 from attention_jax import _chunked_forward
 from test_chunked_defaults import prepare
 from tolerances import tolerance
@@ -45,6 +46,10 @@ SHAPES = {
     "mqa": dict(num_kv_heads=1),
     "mha": dict(num_kv_heads=NUM_HEADS),
     "multi-batch": dict(batch=(2, 3), query_len=32, key_len=32),
+    # T is not a multiple of the query block, so keys are padded as far as
+    # the queries (`_blocks.padded_to_split`).
+    "padded-square": dict(query_len=45, key_len=45),
+    "padded-longer-keys": dict(query_len=29, key_len=53),
 }
 
 
@@ -198,3 +203,41 @@ def test_window_splits_when_it_covers_the_diagonal(window, expected):
     ids=["plain", "soft-cap", "bias", "dropout"])
 def test_window_split_gradients_match_reference(options, diagonal):
   _assert_split_gradients_match(options, seed=10, local_window_size=(20, 0))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(), dict(local_window_size=(15, 0)),
+     dict(dropout_rate=0.3, dropout_rng=jax.random.key(14))],
+    ids=["causal", "window", "dropout"])
+def test_padded_split_gradients_match_reference(extra, diagonal):
+  query, key, value = _inputs(11, query_len=45, key_len=53)
+  options = dict(is_causal=True, **extra)
+  assert _plan(query, key, value, **BLOCKS,
+               local_window_size=extra.get("local_window_size")
+               ).split_diagonal
+
+  def attend(implementation, query, key, value):
+    if implementation == "chunked":
+      return aj.chunked_attention(query, key, value, **options, **BLOCKS)
+    return aj.dot_product_attention(query, key, value, **options,
+                                    implementation="reference")
+
+  _, grads = path_parity.assert_paths_agree(
+      attend, (query, key, value), ("query", "key", "value"))
+  assert grads[1].shape == key.shape
+
+
+def test_padding_limited_to_an_eighth():
+  # Padding 45 rows to 48 adds 3, within an eighth of T. Padding 33 to 48
+  # would add 15, so that call keeps its masked tiles.
+  query, key, value = _inputs(13, query_len=45, key_len=45)
+  prepared = prepare(query, key, value, is_causal=True, **BLOCKS)
+  assert prepared.plan.split_diagonal
+  assert prepared.key.shape[1] == 48
+  assert prepared.query_length == 45
+
+  query, key, value = _inputs(13, query_len=33, key_len=33)
+  prepared = prepare(query, key, value, is_causal=True, **BLOCKS)
+  assert not prepared.plan.split_diagonal
+  assert prepared.key.shape[1] == 33

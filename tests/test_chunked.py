@@ -413,3 +413,29 @@ def test_block_gradients_sum_to_full(dtype):
                              np.asarray(expected[1], np.float32), **check)
   np.testing.assert_allclose(np.asarray(dv, np.float32),
                              np.asarray(expected[2], np.float32), **check)
+
+
+def test_block_gradients_of_padded_causal_split():
+  # 45 queries in blocks of 16 pad their 45 keys to 48; the key and value
+  # gradients still have the caller's 45 rows.
+  keys = jax.random.split(jax.random.key(32), 4)
+  query = jax.random.normal(keys[0], (2, 45, 6, 5))
+  key = jax.random.normal(keys[1], (2, 45, 3, 5))
+  value = jax.random.normal(keys[2], (2, 45, 3, 4))
+  d_out = jax.random.normal(keys[3], (2, 45, 6, 4))
+
+  def loss(query, key, value):
+    out = aj.dot_product_attention(query, key, value, is_causal=True,
+                                   implementation="reference")
+    return jnp.sum(out * d_out)
+
+  expected = jax.grad(loss, argnums=(0, 1, 2))(query, key, value)
+  out, lse = aj.dot_product_attention(query, key, value, is_causal=True,
+                                      implementation="reference",
+                                      return_residual=True)
+  grads = chunked_attention_gradients(
+      query, key, value, out, lse, d_out, jnp.zeros(lse.shape),
+      is_causal=True, block_q=16, block_k=8)
+  for got, want in zip(grads, expected):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

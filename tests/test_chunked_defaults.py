@@ -69,7 +69,8 @@ def test_backward_blocks_gradients_match_reference():
     [((4096, 4096), {}, (1024, 512, True)),
      ((1536, 1536), {}, (512, 512, True)),
      ((512, 1536), {}, (512, 512, True)),
-     ((1000, 1000), {}, (512, 512, False)),
+     ((1000, 1000), {}, (512, 512, True)),
+     ((1100, 1100), {}, (512, 512, False)),
      ((4096, 4096), dict(query_segment_ids=np.zeros((1, 4096), np.int32),
                          key_segment_ids=np.zeros((1, 4096), np.int32)),
       (512, 512, False)),
@@ -77,7 +78,8 @@ def test_backward_blocks_gradients_match_reference():
      ((4096, 4096), dict(local_window_size=(255, 0)), (512, 256, False)),
      ((64, 64), dict(block_q=16, block_k=16), (16, 16, True)),
      ((64, 64), dict(block_q=16, block_k=32), (16, 32, False))],
-    ids=["long", "fallback-blocks", "offset", "odd-length", "segments",
+    ids=["long", "fallback-blocks", "offset", "odd-length",
+         "odd-length-far-from-blocks", "segments",
          "window", "narrow-window", "explicit", "explicit-wide-keys"])
 def test_causal_tiles(shape, options, expected):
   query_len, key_len = shape
