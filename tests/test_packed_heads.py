@@ -5,6 +5,7 @@ forward pass read key and value blocks without transposing them
 (`attention_jax/_packed_heads.py`). These calls go through that path.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,6 +55,18 @@ def _split(case):
   shape = {name: options.pop(name) for name in ("num_kv_heads",)
            if name in options}
   return shape, options
+
+
+def _both_paths(options):
+  """Return `attend(implementation, query, key, value)` for path_parity."""
+
+  def attend(implementation, query, key, value):
+    if implementation == "chunked":
+      return aj.chunked_attention(query, key, value, **options, **BLOCKS)
+    return aj.dot_product_attention(query, key, value, **options,
+                                    implementation="reference")
+
+  return attend
 
 
 def test_cases_take_the_packed_path():
@@ -116,14 +129,19 @@ def test_packed_gradients_match_reference():
   options = dict(is_causal=True,
                  key_value_seq_lengths=np.array([30, 53], np.int32))
 
-  def attend(implementation, query, key, value):
-    if implementation == "chunked":
-      return aj.chunked_attention(query, key, value, **options, **BLOCKS)
-    return aj.dot_product_attention(query, key, value, **options,
-                                    implementation="reference")
-
-  path_parity.assert_paths_agree(attend, (query, key, value),
+  path_parity.assert_paths_agree(_both_paths(options), (query, key, value),
                                  ("query", "key", "value"))
+
+
+def test_packed_dropout_matches_reference():
+  query, key, value = _inputs(15)
+  options = dict(is_causal=True, dropout_rate=0.3,
+                 dropout_rng=jax.random.key(16))
+
+  out, _ = path_parity.assert_paths_agree(
+      _both_paths(options), (query, key, value), ("query", "key", "value"))
+  plain = aj.chunked_attention(query, key, value, is_causal=True, **BLOCKS)
+  assert not np.allclose(out, plain)
 
 
 @pytest.mark.parametrize("blocks", [BLOCKS, {}], ids=["key-blocks", "default"])
