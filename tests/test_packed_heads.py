@@ -78,7 +78,7 @@ def test_cases_take_the_packed_path():
       has_mask=False, has_query_lengths=False, has_key_lengths=False,
       has_segments=False, has_offset=False, **BLOCKS)
   assert plan.packs_heads
-  # One key/value head has nothing to transpose; many rows would make the
+  # One key/value head has nothing to transpose. Many rows would make the
   # packed products do more arithmetic than the copies cost.
   assert not Plan(**{**plan.__dict__, "num_kv_heads": 1,
                      "group_size": NUM_HEADS}).packs_heads
