@@ -83,7 +83,7 @@ class _Prepared(NamedTuple):
   batch_chunk: int  # batch elements per run of the tile loop
   params: Any  # the `score_mod_params` the kernel receives
   vectorize_batch: bool = False  # map the kernel over the batch with vmap
-  query_length: int = 0  # the caller's T, which outputs are sliced back to
+  query_length: int = 0  # the caller's T, to which outputs are sliced back
 
 
 def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
@@ -207,9 +207,9 @@ def _prepare(
   v4 = value.reshape(flat_batch, key_length, num_kv_heads, value.shape[-1])
   padded_plan = padded_to_split(plan)
   if padded_plan is not plan:
-    # Zero keys after the last one: the causal mask hides them from every
-    # real query, so only the padded query rows, which are dropped, see
-    # them.
+    # Zero keys after the last one. The causal mask hides them from every
+    # real query, so only the padded query rows, which are dropped, attend
+    # to them.
     extra = padded_plan.key_length - key_length
     k4, v4 = (jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
               for x in (k4, v4))

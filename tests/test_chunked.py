@@ -416,7 +416,7 @@ def test_block_gradients_sum_to_full(dtype):
 
 
 def test_block_gradients_of_padded_causal_split():
-  # 45 queries in blocks of 16 pad their 45 keys to 48; the key and value
+  # 45 queries in blocks of 16 pad their 45 keys to 48. The key and value
   # gradients still have the caller's 45 rows.
   keys = jax.random.split(jax.random.key(32), 4)
   query = jax.random.normal(keys[0], (2, 45, 6, 5))

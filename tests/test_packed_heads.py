@@ -69,7 +69,7 @@ def _both_paths(options):
   return attend
 
 
-def test_cases_take_the_packed_path():
+def test_cases_use_packed_path():
   assert NUM_HEADS * BLOCKS["block_q"] <= PACKED_HEADS_MAX_ROWS
   plan = Plan(
       query_length=QUERY_LEN, key_length=KEY_LEN, num_kv_heads=3,
@@ -146,7 +146,7 @@ def test_packed_dropout_matches_reference():
 
 @pytest.mark.parametrize("blocks", [BLOCKS, {}], ids=["key-blocks", "default"])
 def test_hidden_non_finite_entries_inert(blocks):
-  """A decoding step over a cache whose unused slots hold NaN and inf."""
+  """A decoding step over a cache whose unused slots contain NaN and inf."""
   query, key, value = _inputs(8, query_len=1)
   lengths = np.array([30, 41], np.int32)
   options = dict(is_causal=True, query_offset=lengths - 1,
