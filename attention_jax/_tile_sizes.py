@@ -73,6 +73,26 @@ DECODING_WINDOW_BLOCKS = 8
 MIN_DECODING_WINDOW_BLOCK_K = 64
 
 
+# A causal call whose T is neither a multiple of the query block nor within
+# `_blocks.MAX_SPLIT_PADDING` of one can run as two calls
+# (`attention_jax/_row_split.py`): the first whole query blocks with the
+# causal split, the rows after them on their own. These are the largest
+# shares of T for those rows, with the default query block and then with
+# the causal fallback's. Paired forward passes on a 2-core Xeon (8 heads,
+# head dim 64, float32), two calls against one:
+# - default blocks (1024): 1.12x to 1.30x at T = 1100, 2100, 2200, 3200,
+#   3300 and 4200, 1.07x to 1.11x at 2300 and 4500 (rows left: 2% to 11%),
+#   but 1.02x at 3500 (12%) and 0.95x at 4700 (13%). There one call splits
+#   too, with padded (512, 512) tiles (and (1024, 512) at 4700);
+# - fallback blocks (512), where nothing splits: 1.31x at 1800 and 1.00x
+#   at 1200 (15% left), but 0.80x at 1300 (21%), 0.92x at 700 (27%) and
+#   0.62x at 1500 (32%).
+# Forward+backward gained 1.10x to 1.86x where the forward pass gained,
+# and lost 0.91x at 4700. More figures: benchmarks/README.md.
+# NOTE: timed only with 8 heads and head dim 64.
+MAX_TAIL_SHARES = (1 / 8, 1 / 6)
+
+
 class Tiles(NamedTuple):
   """The tiles of one chunked attention call."""
 
@@ -80,6 +100,10 @@ class Tiles(NamedTuple):
   block_k: int
   # (block_q, block_k) of the backward pass, or None for the forward's.
   backward_blocks: tuple[int, int] | None
+  # With a value M, the call runs as two (`_row_split`): query rows [0, M)
+  # with the causal split, and the rows after them on their own. The block
+  # sizes above are then unused.
+  split_rows: int | None = None
 
 
 def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
@@ -135,20 +159,35 @@ def _resolve(default, block_q, block_k, query_length: int, key_length: int,
 
 def choose(*, block_q: int | None, block_k: int | None, query_length: int,
            key_length: int, num_heads: int, window, is_causal: bool,
-           splits: Callable[[int, int], bool]) -> Tiles:
+           splits: Callable[[int, int, int, int], bool],
+           rows_may_split: bool = False) -> Tiles:
   """Return the tiles for the caller's block sizes (None for the default).
 
-  `splits(block_q, block_k)` returns whether a causal call with those blocks
-  can compute its diagonal squares in quarters. A call that can always
-  does, so a causal call takes the first default that allows it.
+  `splits(block_q, block_k, query_length, key_length)` returns whether a
+  causal call with those blocks and lengths can compute its diagonal
+  squares in quarters (after padding, see `_blocks.padded_to_split`). A
+  call that can always does, so a causal call takes the first default
+  that allows it. With `rows_may_split` and default sizes, a causal call
+  that no default lets split runs as two calls when the rows after the
+  last whole query block are few enough (`MAX_TAIL_SHARES`).
   """
   defaults = [_default_blocks(DEFAULT_BLOCKS, window, num_heads)]
-  if is_causal and block_q is None and block_k is None:
+  defaulted = block_q is None and block_k is None
+  if is_causal and defaulted:
     defaults.append(
         _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads))
-  for default in defaults:
+  for default, share in zip(defaults, MAX_TAIL_SHARES):
     resolved = _resolve(default, block_q, block_k, query_length, key_length,
                         window, num_heads)
-    if is_causal and splits(*resolved[:2]):
+    if not is_causal or splits(*resolved[:2], query_length, key_length):
       break
+    rows = query_length - query_length % resolved[0]
+    tail = query_length - rows
+    if (rows_may_split and defaulted and rows
+        and tail <= share * query_length):
+      head = choose(block_q=None, block_k=None, query_length=rows,
+                    key_length=key_length - tail, num_heads=num_heads,
+                    window=window, is_causal=True, splits=splits)
+      if splits(head.block_q, head.block_k, rows, key_length - tail):
+        return Tiles(*resolved, split_rows=rows)
   return Tiles(*resolved)

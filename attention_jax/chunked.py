@@ -22,6 +22,7 @@ from attention_jax import _attend
 from attention_jax import _batch_chunks
 from attention_jax import _checks
 from attention_jax import _lifted_closures
+from attention_jax import _row_split
 from attention_jax import _tile_sizes
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
@@ -84,6 +85,9 @@ class _Prepared(NamedTuple):
   params: Any  # the `score_mod_params` the kernel receives
   vectorize_batch: bool = False  # map the kernel over the batch with vmap
   query_length: int = 0  # the caller's T, to which outputs are sliced back
+  # Query rows computed by a call of their own, with the rest in a second
+  # call (see `_tile_sizes.Tiles`); None for one call.
+  split_rows: int | None = None
 
 
 def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
@@ -112,9 +116,13 @@ def _prepare(
     key_value_seq_lengths, local_window_size, query_offset,
     query_segment_ids, key_segment_ids, logits_soft_cap, score_mod,
     score_mod_params, mask_mod, dropout_rate, dropout_rng, deterministic,
-    block_q, block_k, chunk_batch: bool = True,
+    block_q, block_k, chunk_batch: bool = True, split_rows: bool = False,
 ) -> _Prepared:
-  """Validate the arguments of `chunked_attention` and lay them out in blocks."""
+  """Validate the arguments of `chunked_attention` and lay them out in blocks.
+
+  With `split_rows`, a causal call that `_tile_sizes.choose` runs as two
+  returns with only `plan`, `batch` and `split_rows` set.
+  """
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   scores_lib.check_query_key(query, key)
   _checks.check_value(key, value)
@@ -166,11 +174,20 @@ def _prepare(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
       is_causal=plan.is_causal,
-      splits=lambda block_q, block_k: padded_to_split(dataclasses.replace(
-          plan, block_q=block_q, block_k=block_k)).split_diagonal)
+      splits=lambda block_q, block_k, query_length, key_length: (
+          padded_to_split(dataclasses.replace(
+              plan, block_q=block_q, block_k=block_k,
+              query_length=query_length, key_length=key_length)
+          ).split_diagonal),
+      rows_may_split=(split_rows and score_mod is None
+                      and plan.dropout_rate == 0.0))
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
       backward_blocks=chosen.backward_blocks)
+  if chosen.split_rows is not None:
+    # `chunked_attention` runs the call as two (`_row_split`).
+    return _Prepared(plan, None, None, None, None, {}, batch, flat_batch,
+                     None, split_rows=chosen.split_rows)
   chunk = flat_batch
   # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
   # gathers a batch sharded over devices in front of it, and every device
@@ -306,7 +323,11 @@ def chunked_attention(
       three quarter tiles (a causal mask and no other, T a multiple of
       block_q, and S - T a multiple of block_k); otherwise it uses 512
       (with the same halving). Whenever a causal call meets those
-      conditions, its diagonal squares are computed in quarters. When the
+      conditions, its diagonal squares are computed in quarters. A causal
+      call whose T is not a multiple of the query block pads T when that
+      adds at most an eighth; otherwise, when few rows are left after the
+      last whole query block and no `score_mod` or dropout depends on the
+      row index, those rows run as a second call. When the
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
       one chunk after another. With more than one device, calls without
@@ -331,7 +352,14 @@ def chunked_attention(
       logits_soft_cap=logits_soft_cap, score_mod=score_mod,
       score_mod_params=score_mod_params, mask_mod=mask_mod,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-      deterministic=deterministic, block_q=block_q, block_k=block_k)
+      deterministic=deterministic, block_q=block_q, block_k=block_k,
+      split_rows=True)
+  if prepared.split_rows is not None:
+    return _row_split.attend_in_two(
+        chunked_attention, prepared.split_rows, query, key, value, bias,
+        return_residual=return_residual, scale=scale, is_causal=is_causal,
+        local_window_size=local_window_size,
+        logits_soft_cap=logits_soft_cap)
   out5, logsumexp = _batch_chunks.core_in_chunks(
       prepared.plan, prepared.batch_chunk, prepared.query, prepared.key,
       prepared.value, prepared.bias, prepared.aux, prepared.params,
