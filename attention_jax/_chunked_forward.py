@@ -336,6 +336,11 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
       init = _visitor(plan, False, q_start, q_rows, key, value, bias, aux,
                       params)(first, init)
       first = first + 1
+      # With one key block left, XLA inlines the loop and would start its
+      # products alongside the first tile's. At T = S = 1024 (8 heads, 2-core
+      # Xeon) the forward pass took 21.5 ms in order against 28.7 ms.
+      visit = _visitor(plan, fixed_shift, q_start, _after(q_rows, init),
+                       key, value, bias, aux, params)
     row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
     out_buffer, logsumexp_buffer, bounded = outputs
     if fixed_shift:
