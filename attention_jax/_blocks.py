@@ -71,7 +71,12 @@ class Plan:
 
   @property
   def padded_query_length(self) -> int:
-    return self.num_q_blocks * self.block_q
+    """T rounded up to whole query blocks of both passes."""
+    length = self.num_q_blocks * self.block_q
+    if self.backward_blocks is not None:
+      block_q = self.backward_blocks[0]
+      length = max(length, math.ceil(self.query_length / block_q) * block_q)
+    return length
 
   @property
   def uses_positions(self) -> bool:
@@ -87,10 +92,15 @@ class Plan:
     return self.key_length % self.block_k != 0
 
   @property
-  def has_tile_mask(self) -> bool:
-    return (self.needs_bounds or self.uses_positions or self.has_mask
-            or self.has_query_lengths or self.has_key_lengths
-            or self.has_segments or self.mask_mod is not None)
+  def hides_keys(self) -> bool:
+    """Whether a mask hides keys, apart from the last key block's overlap.
+
+    That overlap (`needs_bounds`) hides only keys that the block before it
+    already counted.
+    """
+    return (self.uses_positions or self.has_mask or self.has_query_lengths
+            or self.has_key_lengths or self.has_segments
+            or self.mask_mod is not None)
 
   @property
   def split_diagonal(self) -> bool:

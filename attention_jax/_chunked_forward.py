@@ -254,7 +254,9 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
     largest finite value is about exp(11);
   - more than one device, where the check would reduce over devices.
   """
-  unmasked = not plan.has_tile_mask or plan.shifts_by_own_logit
+  # The overlap of a shifted last key block never hides the first block,
+  # which sets the shift.
+  unmasked = not plan.hides_keys or plan.shifts_by_own_logit
   return (unmasked and not plan.can_produce_neg_inf
           and jnp.dtype(value_dtype) != jnp.float16
           and jax.device_count() == 1)

@@ -31,12 +31,20 @@ DEFAULT_BLOCKS = (1024, 512)
 # were still 13% and 19% slower than (512, 512) for (1023, 0).
 WINDOW_BLOCKS = (512, 512)
 NARROW_WINDOW_BLOCKS = (512, 256)
-# A causal mask uses the default tiles when each diagonal square can be
-# computed in quarters (`Plan.split_diagonal`). On a 2-core
-# Xeon, the causal forward pass at 4096 then took 153 to 159 ms against 168
-# to 177 ms with unsplit (512, 512) tiles, and it was faster at 512 to 2048
-# too. Otherwise (512, 512) tiles compute less of the masked triangle than
-# wider ones: unsplit (1024, 512) tiles took 169 to 172 ms at 4096.
+# A causal mask uses the default tiles when T fills whole query blocks, so
+# that each diagonal square is computed in quarters (`Plan.split_diagonal`).
+# Otherwise square blocks of about this size cover T, padded by at most one
+# row per block (`_even_split_blocks`), and their diagonal tiles are
+# computed whole. Forward passes on a 2-core Xeon (8 heads, head dim 64):
+# - whole blocks: at T = 4096, quarters took 116 ms against 127 ms with
+#   (512, 512) blocks, and at 8192 428 against 476 ms;
+# - otherwise: padding T to whole blocks of 1024 for quarters took 50 ms
+#   against 39 ms with (500, 500) blocks at T = 2000, 133 against 125 ms
+#   at 4000 and 197 against 171 ms with (470, 470) at 4700;
+# - the rows past the last whole block of 1024 as a second call took 26
+#   against 19 ms with (368, 368) blocks at 1100, and 51 against 41 ms
+#   at 2100. From 4200 to 8200 the two were within 10% of each other,
+#   either way. That second call was dropped.
 CAUSAL_FALLBACK_BLOCKS = (512, 512)
 # The backward pass of attention with the default (1024, 512) tiles runs
 # with (512, 512) tiles instead. Its temporary buffers then stay under 32 MB
@@ -73,26 +81,6 @@ DECODING_WINDOW_BLOCKS = 8
 MIN_DECODING_WINDOW_BLOCK_K = 64
 
 
-# A causal call whose T is neither a multiple of the query block nor within
-# `_blocks.MAX_SPLIT_PADDING` of one can run as two calls
-# (`attention_jax/_row_split.py`): the first whole query blocks with the
-# causal split, the rows after them on their own. These are the largest
-# shares of T for those rows, with the default query block and then with
-# the causal fallback's. Paired forward passes on a 2-core Xeon (8 heads,
-# head dim 64, float32), two calls against one:
-# - default blocks (1024): 1.12x to 1.30x at T = 1100, 2100, 2200, 3200,
-#   3300 and 4200, 1.07x to 1.11x at 2300 and 4500 (rows left: 2% to 11%),
-#   but 1.02x at 3500 (12%) and 0.95x at 4700 (13%). There one call splits
-#   too, with padded (512, 512) tiles (and (1024, 512) at 4700);
-# - fallback blocks (512), where nothing splits: 1.31x at 1800 and 1.00x
-#   at 1200 (15% left), but 0.80x at 1300 (21%), 0.92x at 700 (27%) and
-#   0.62x at 1500 (32%).
-# Forward+backward gained 1.10x to 1.86x where the forward pass gained,
-# and lost 0.91x at 4700. More figures: benchmarks/README.md.
-# NOTE: timed only with 8 heads and head dim 64.
-MAX_TAIL_SHARES = (1 / 8, 1 / 6)
-
-
 class Tiles(NamedTuple):
   """The tiles of one chunked attention call."""
 
@@ -100,10 +88,6 @@ class Tiles(NamedTuple):
   block_k: int
   # (block_q, block_k) of the backward pass, or None for the forward's.
   backward_blocks: tuple[int, int] | None
-  # With a value M, the call runs as two (`_row_split`): query rows [0, M)
-  # with the causal split, and the rows after them on their own. The block
-  # sizes above are then unused.
-  split_rows: int | None = None
 
 
 def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
@@ -116,6 +100,21 @@ def _default_blocks(blocks, window, num_heads: int) -> tuple[int, int]:
          and num_heads * block_q * block_k > TILE_LOGITS):
     block_q //= 2
   return block_q, block_k
+
+
+def _balanced(size: int, length: int) -> int:
+  """Return the smallest block that covers `length` in as many blocks as `size`.
+
+  At T = 1100, query blocks of 1024 pad T to 2048, and blocks of 550 do
+  not pad it. So a query block of 1024 becomes 550, and a key block of 512
+  over S = 1100 becomes 367, whose last block overlaps the one before it by
+  1 key instead of 436. Without a mask on a 2-core Xeon (8 heads, head dim
+  64), forward passes at T = S = 1100 took 28 ms with (550, 512) tiles
+  against 57 ms with (1024, 512), and at 2100 77 ms with (700, 512)
+  against 115 ms, where 704-row blocks, a multiple of 8, took 84 ms.
+  """
+  count = -(-length // size)
+  return -(-length // count) if count > 1 else size
 
 
 def block_size(name: str, value: int, length: int) -> int:
@@ -132,14 +131,22 @@ def _window_keys(window) -> int:
 
 
 def _resolve(default, block_q, block_k, query_length: int, key_length: int,
-             window, num_heads: int
+             window, num_heads: int, balance: bool = False
              ) -> tuple[int, int, tuple[int, int] | None]:
+  """Return `(block_q, block_k, backward_blocks)` from `default`.
+
+  With `balance`, default sizes are spread evenly over T and S
+  (`_balanced`). A causal call that splits needs the sizes as they are.
+  """
   default_q, default_k = default
+  spread = _balanced if balance else lambda size, length: size
   backward_blocks = None
   if (block_q is None and block_k is None and default == DEFAULT_BLOCKS
       and query_length >= default_q):
-    backward_blocks = (BACKWARD_BLOCKS[0],
-                       block_size("block_k", BACKWARD_BLOCKS[1], key_length))
+    backward_blocks = (
+        spread(BACKWARD_BLOCKS[0], query_length),
+        block_size("block_k", spread(BACKWARD_BLOCKS[1], key_length),
+                   key_length))
   if block_k is None:
     rows = min(default_q if block_q is None else block_q, query_length)
     block_k = max(default_k, default_q * default_k // max(rows, 1))
@@ -152,42 +159,50 @@ def _resolve(default, block_q, block_k, query_length: int, key_length: int,
         widest = max(MIN_DECODING_WINDOW_BLOCK_K,
                      _window_keys(window) // DECODING_WINDOW_BLOCKS)
       block_k = min(block_k, widest)
-  block_q = block_size("block_q", default_q if block_q is None else block_q,
-                       query_length)
+    block_k = spread(block_k, key_length)
+  if block_q is None:
+    block_q = spread(default_q, query_length)
+  block_q = block_size("block_q", block_q, query_length)
   return block_q, block_size("block_k", block_k, key_length), backward_blocks
+
+
+def _even_split_blocks(default, query_length: int) -> tuple[int, int]:
+  """Return square blocks that cover T with at most one padded row per block.
+
+  As many blocks as `default`'s query block needs, of an even size, as
+  the causal split requires.
+  """
+  count = -(-query_length // default[0])
+  size = -(-query_length // count)
+  size += size % 2
+  return size, size
 
 
 def choose(*, block_q: int | None, block_k: int | None, query_length: int,
            key_length: int, num_heads: int, window, is_causal: bool,
-           splits: Callable[[int, int, int, int], bool],
-           rows_may_split: bool = False) -> Tiles:
+           splits: Callable[[int, int, bool], bool]) -> Tiles:
   """Return the tiles for the caller's block sizes (None for the default).
 
-  `splits(block_q, block_k, query_length, key_length)` returns whether a
-  causal call with those blocks and lengths can compute its diagonal
-  squares in quarters (after padding, see `_blocks.padded_to_split`). A
-  call that can always does, so a causal call takes the first default
-  that allows it. With `rows_may_split` and default sizes, a causal call
-  that no default lets split runs as two calls when the rows after the
-  last whole query block are few enough (`MAX_TAIL_SHARES`).
+  `splits(block_q, block_k, padding)` returns whether a causal call with
+  those blocks computes its diagonal squares on their own
+  (`Plan.split_diagonal`), where `padding` allows padding T for it
+  (`_blocks.padded_to_split`). A causal call with default sizes keeps the
+  default tiles when T fills whole query blocks, and otherwise takes
+  `_even_split_blocks`, padded by a few rows. Calls that do not split
+  take blocks spread evenly over T and S (`_balanced`).
   """
-  defaults = [_default_blocks(DEFAULT_BLOCKS, window, num_heads)]
-  defaulted = block_q is None and block_k is None
-  if is_causal and defaulted:
-    defaults.append(
-        _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads))
-  for default, share in zip(defaults, MAX_TAIL_SHARES):
-    resolved = _resolve(default, block_q, block_k, query_length, key_length,
-                        window, num_heads)
-    if not is_causal or splits(*resolved[:2], query_length, key_length):
-      break
-    rows = query_length - query_length % resolved[0]
-    tail = query_length - rows
-    if (rows_may_split and defaulted and rows
-        and tail <= share * query_length):
-      head = choose(block_q=None, block_k=None, query_length=rows,
-                    key_length=key_length - tail, num_heads=num_heads,
-                    window=window, is_causal=True, splits=splits)
-      if splits(head.block_q, head.block_k, rows, key_length - tail):
-        return Tiles(*resolved, split_rows=rows)
-  return Tiles(*resolved)
+  default = _default_blocks(DEFAULT_BLOCKS, window, num_heads)
+  lengths = (query_length, key_length, window, num_heads)
+  if not is_causal:
+    return Tiles(*_resolve(default, block_q, block_k, *lengths,
+                           balance=True))
+  if block_q is not None or block_k is not None:
+    return Tiles(*_resolve(default, block_q, block_k, *lengths))
+  resolved = _resolve(default, None, None, *lengths)
+  if splits(*resolved[:2], False):
+    return Tiles(*resolved)
+  fallback = _default_blocks(CAUSAL_FALLBACK_BLOCKS, window, num_heads)
+  even = _even_split_blocks(fallback, query_length)
+  if splits(*even, True):
+    return Tiles(*even, None)
+  return Tiles(*_resolve(fallback, None, None, *lengths, balance=True))

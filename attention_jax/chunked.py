@@ -22,7 +22,6 @@ from attention_jax import _attend
 from attention_jax import _batch_chunks
 from attention_jax import _checks
 from attention_jax import _lifted_closures
-from attention_jax import _row_split
 from attention_jax import _tile_sizes
 from attention_jax import dropout as dropout_lib
 from attention_jax import scores as scores_lib
@@ -85,9 +84,6 @@ class _Prepared(NamedTuple):
   params: Any  # the `score_mod_params` the kernel receives
   vectorize_batch: bool = False  # map the kernel over the batch with vmap
   query_length: int = 0  # the caller's T, to which outputs are sliced back
-  # Query rows computed by a call of their own, with the rest in a second
-  # call (see `_tile_sizes.Tiles`); None for one call.
-  split_rows: int | None = None
 
 
 def _to_rows(x: jax.Array, plan: Plan, batch: tuple[int, ...],
@@ -116,13 +112,9 @@ def _prepare(
     key_value_seq_lengths, local_window_size, query_offset,
     query_segment_ids, key_segment_ids, logits_soft_cap, score_mod,
     score_mod_params, mask_mod, dropout_rate, dropout_rng, deterministic,
-    block_q, block_k, chunk_batch: bool = True, split_rows: bool = False,
+    block_q, block_k, chunk_batch: bool = True,
 ) -> _Prepared:
-  """Validate the arguments of `chunked_attention` and lay them out in blocks.
-
-  With `split_rows`, a causal call that `_tile_sizes.choose` runs as two
-  returns with only `plan`, `batch` and `split_rows` set.
-  """
+  """Validate the arguments of `chunked_attention` and lay them out in blocks."""
   query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
   scores_lib.check_query_key(query, key)
   _checks.check_value(key, value)
@@ -174,20 +166,13 @@ def _prepare(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
       is_causal=plan.is_causal,
-      splits=lambda block_q, block_k, query_length, key_length: (
-          padded_to_split(dataclasses.replace(
-              plan, block_q=block_q, block_k=block_k,
-              query_length=query_length, key_length=key_length)
-          ).split_diagonal),
-      rows_may_split=(split_rows and score_mod is None
-                      and plan.dropout_rate == 0.0))
+      splits=lambda block_q, block_k, padding: (
+          (padded_to_split if padding else lambda plan: plan)(
+              dataclasses.replace(plan, block_q=block_q, block_k=block_k)
+          ).split_diagonal))
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
       backward_blocks=chosen.backward_blocks)
-  if chosen.split_rows is not None:
-    # `chunked_attention` runs the call as two (`_row_split`).
-    return _Prepared(plan, None, None, None, None, {}, batch, flat_batch,
-                     None, split_rows=chosen.split_rows)
   chunk = flat_batch
   # NOTE: the loop over batch chunks is sequential, so XLA's partitioner
   # gathers a batch sharded over devices in front of it, and every device
@@ -316,28 +301,27 @@ def chunked_attention(
     dropout_rate, dropout_rng, deterministic: as in
       `dot_product_attention`; the chunked path drops exactly the weights
       that the reference path drops for the same key.
-    block_q: queries per tile; None picks 512 with a window and 1024
+    block_q: queries per tile. None picks 512 with a window and 1024
       otherwise, halved (down to 256) while heads * block_q * block_k
-      exceeds 2**22 logits. A causal mask keeps that
-      size when each query block's diagonal square can be computed as
-      three quarter tiles (a causal mask and no other, T a multiple of
-      block_q, and S - T a multiple of block_k); otherwise it uses 512
-      (with the same halving). Whenever a causal call meets those
-      conditions, its diagonal squares are computed in quarters. A causal
-      call whose T is not a multiple of the query block pads T when that
-      adds at most an eighth; otherwise, when few rows are left after the
-      last whole query block and no `score_mod` or dropout depends on the
-      row index, those rows run as a second call. When the
+      exceeds 2**22 logits, and then spreads the same number of blocks
+      evenly over T (blocks of 550 at T = 1100), so that few padded rows
+      are computed. A causal call with a causal mask and no other, T a
+      multiple of that size and S - T a multiple of block_k computes each
+      diagonal square as three quarter tiles. Other causal calls use
+      square blocks of about 512 (with the same halving), padded by at
+      most one row per block, and compute their diagonal tiles on their
+      own when S - T is a multiple of the block. When the
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
       one chunk after another. With more than one device, calls without
       segment ids, a dense mask or `mask_mod` map the kernel over the
       batch with `jax.vmap` instead, so that a sharded batch and sharded
       key/value heads stay sharded.
-    block_k: keys per tile; None picks 512 (256 with a window narrower than
-      512 keys), or more keys when T is shorter than a query block, keeping
-      the tile area, but with a window no more than its width rounded up
-      to a power of two.
+    block_k: keys per tile. None picks 512 (256 with a window narrower
+      than 512 keys), or more keys when T is shorter than a query block,
+      keeping the tile area, but with a window no more than its width
+      rounded up to a power of two. The same number of blocks is then
+      spread evenly over S.
 
   Returns:
     The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
@@ -352,14 +336,7 @@ def chunked_attention(
       logits_soft_cap=logits_soft_cap, score_mod=score_mod,
       score_mod_params=score_mod_params, mask_mod=mask_mod,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-      deterministic=deterministic, block_q=block_q, block_k=block_k,
-      split_rows=True)
-  if prepared.split_rows is not None:
-    return _row_split.attend_in_two(
-        chunked_attention, prepared.split_rows, query, key, value, bias,
-        return_residual=return_residual, scale=scale, is_causal=is_causal,
-        local_window_size=local_window_size,
-        logits_soft_cap=logits_soft_cap)
+      deterministic=deterministic, block_q=block_q, block_k=block_k)
   out5, logsumexp = _batch_chunks.core_in_chunks(
       prepared.plan, prepared.batch_chunk, prepared.query, prepared.key,
       prepared.value, prepared.bias, prepared.aux, prepared.params,

@@ -1,0 +1,164 @@
+"""Tests for default tiles at lengths that whole blocks do not fill."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention_jax as aj
+import inputs
+import oracle
+from attention_jax import _tile_sizes
+from test_chunked_defaults import prepare
+from tolerances import tolerance
+
+NUM_HEADS, HEAD_DIM, VALUE_DIM = 6, 5, 7
+
+
+@pytest.mark.parametrize("size, length, expected",
+                         [(1024, 1100, 550), (512, 1100, 367),
+                          (512, 2100, 420), (512, 4096, 512),
+                          (1024, 700, 1024), (8, 35, 7)])
+def test_balanced_block_sizes(size, length, expected):
+  assert _tile_sizes._balanced(size, length) == expected
+
+
+@pytest.mark.parametrize("length, expected",
+                         [(1100, 368), (1300, 434), (2000, 500), (1536, 512),
+                          (1, 2)])
+def test_even_split_block_sizes(length, expected):
+  blocks = _tile_sizes._even_split_blocks((512, 512), length)
+
+  assert blocks == (expected, expected)
+
+
+def _zeros(query_len, key_len, num_heads=8):
+  query = jnp.zeros((1, query_len, num_heads, 8))
+  key = value = jnp.zeros((1, key_len, num_heads, 8))
+  return query, key, value
+
+
+@pytest.mark.parametrize(
+    "shape, options, expected",
+    [((1100, 1100), {}, (550, 367, (367, 367), 1101)),
+     ((2100, 2100), {}, (700, 420, (420, 420), 2100)),
+     ((4096, 4096), {}, (1024, 512, (512, 512), 4096)),
+     ((768, 768), {}, (768, 384, None, 768)),
+     ((1, 5000), {}, (1, 5000, None, 1)),
+     ((3000, 3000), dict(local_window_size=(255, 255)),
+      (500, 250, None, 3000)),
+     ((1100, 1100), dict(is_causal=True), (368, 368, None, 1104)),
+     ((4096, 4096), dict(is_causal=True), (1024, 512, (512, 512), 4096)),
+     ((4000, 4000), dict(is_causal=True, local_window_size=(1023, 0)),
+      (500, 500, None, 4000)),
+     ((1100, 1100), dict(block_q=1024), (1024, 367, None, 2048))],
+    ids=["odd", "odd-exact", "whole-blocks", "short", "decode",
+         "narrow-window", "causal-odd", "causal-whole-blocks",
+         "causal-window-odd", "explicit-queries"])
+def test_default_tiles(shape, options, expected):
+  plan = prepare(*_zeros(*shape), **options).plan
+
+  assert (plan.block_q, plan.block_k, plan.backward_blocks,
+          plan.padded_query_length) == expected
+
+
+def test_causal_odd_length_splits():
+  plan = prepare(*_zeros(1100, 1100), is_causal=True).plan
+
+  assert plan.split_diagonal
+
+
+def test_many_heads_causal_split():
+  # With 64 heads the default query block shrinks to 256 while key blocks
+  # stay 512, which cannot split, so square blocks of 256 do.
+  plan = prepare(*_zeros(4096, 4096, num_heads=64), is_causal=True).plan
+
+  assert (plan.block_q, plan.block_k) == (256, 256)
+  assert plan.split_diagonal
+
+
+@pytest.fixture
+def small_defaults(monkeypatch):
+  """Scale the default tiles down so that small inputs cover several."""
+  for name, blocks in [("DEFAULT_BLOCKS", (32, 16)),
+                       ("CAUSAL_FALLBACK_BLOCKS", (16, 16)),
+                       ("WINDOW_BLOCKS", (16, 16)),
+                       ("NARROW_WINDOW_BLOCKS", (16, 8)),
+                       ("BACKWARD_BLOCKS", (16, 16))]:
+    monkeypatch.setattr(_tile_sizes, name, blocks)
+
+
+def _inputs(seed, *, batch=(2,), query_len=40, key_len=40, num_kv_heads=3):
+  arrays = inputs.attention_inputs(
+      seed, batch=batch, query_length=query_len, key_length=key_len,
+      num_heads=NUM_HEADS, num_kv_heads=num_kv_heads, head_dim=HEAD_DIM,
+      value_dim=VALUE_DIM)
+  return tuple(jnp.asarray(array, np.float32) for array in arrays)
+
+
+def test_small_defaults_cover_both_passes(small_defaults):
+  # 40 queries: forward blocks of 20 pad nothing, backward blocks of 14
+  # pad 2 rows, so the queries are padded for the backward pass.
+  plan = prepare(*_inputs(0)).plan
+
+  assert (plan.block_q, plan.block_k) == (20, 14)
+  assert plan.backward_blocks == (14, 14)
+  assert plan.padded_query_length == 42
+  assert plan.needs_bounds
+
+
+CASES = {
+    "full": dict(),
+    "longer-keys": dict(key_len=53),
+    "mqa": dict(num_kv_heads=1),
+    "causal": dict(is_causal=True),
+    "causal-longer-keys": dict(is_causal=True, key_len=52),
+    "causal-window": dict(is_causal=True, local_window_size=(15, 0)),
+}
+
+
+def _split_options(options):
+  shape = {name: options[name] for name in ("key_len", "num_kv_heads")
+           if name in options}
+  return shape, {name: value for name, value in options.items()
+                 if name not in shape}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_matches_oracle(name, small_defaults):
+  shape, options = _split_options(CASES[name])
+  query, key, value = _inputs(1, **shape)
+  allowed = oracle.attention_mask(
+      (2,), NUM_HEADS, query.shape[-3], key.shape[-3],
+      is_causal=options.get("is_causal", False),
+      local_window_size=options.get("local_window_size"))
+  expected, _, expected_lse = oracle.dot_product_attention(
+      query, key, value, allowed=allowed)
+
+  out, lse = jax.jit(lambda q, k, v: aj.chunked_attention(
+      q, k, v, return_residual=True, **options))(query, key, value)
+
+  np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("name", ["full", "longer-keys", "causal",
+                                  "causal-longer-keys"])
+def test_gradients_match_reference(name, small_defaults):
+  shape, options = _split_options(CASES[name])
+  query, key, value = _inputs(2, **shape)
+  cotangent = jax.random.normal(jax.random.key(3),
+                                query.shape[:-1] + (VALUE_DIM,))
+
+  def loss(implementation, query, key, value):
+    out = aj.dot_product_attention(query, key, value,
+                                   implementation=implementation, **options)
+    return jnp.sum(out * cotangent)
+
+  expected = jax.grad(loss, (1, 2, 3))("reference", query, key, value)
+  actual = jax.jit(jax.grad(loss, (1, 2, 3)), static_argnums=0)(
+      "chunked", query, key, value)
+
+  for index, (got, want) in enumerate(zip(actual, expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
+                               err_msg=f"gradient of argument {index}")
