@@ -33,8 +33,8 @@ WINDOW_BLOCKS = (512, 512)
 NARROW_WINDOW_BLOCKS = (512, 256)
 # A causal mask uses the default tiles when T fills whole query blocks, so
 # that each diagonal square is computed in quarters (`Plan.split_diagonal`).
-# Otherwise square blocks of about this size cover T, padded by at most one
-# row per block (`_even_split_blocks`), and their diagonal tiles are
+# Otherwise square blocks of about this size cover T, padded by fewer than
+# two rows per block (`_even_split_blocks`), and their diagonal tiles are
 # computed whole. Forward passes on a 2-core Xeon (8 heads, head dim 64):
 # - whole blocks: at T = 4096, quarters took 116 ms against 127 ms with
 #   (512, 512) blocks, and at 8192 428 against 476 ms;
@@ -167,7 +167,7 @@ def _resolve(default, block_q, block_k, query_length: int, key_length: int,
 
 
 def _even_split_blocks(default, query_length: int) -> tuple[int, int]:
-  """Return square blocks that cover T with at most one padded row per block.
+  """Return square blocks that cover T with fewer than two padded rows each.
 
   As many blocks as `default`'s query block needs, of an even size, as
   the causal split requires.

@@ -162,14 +162,15 @@ def _prepare(
       has_segments=query_segment_ids is not None,
       has_offset=query_offset is not None,
       dropout_rate=float(dropout_rate))
+
+  def splits(block_q: int, block_k: int, padding: bool) -> bool:
+    tiled = dataclasses.replace(plan, block_q=block_q, block_k=block_k)
+    return (padded_to_split(tiled) if padding else tiled).split_diagonal
+
   chosen = _tile_sizes.choose(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
-      is_causal=plan.is_causal,
-      splits=lambda block_q, block_k, padding: (
-          (padded_to_split if padding else lambda plan: plan)(
-              dataclasses.replace(plan, block_q=block_q, block_k=block_k)
-          ).split_diagonal))
+      is_causal=plan.is_causal, splits=splits)
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
       backward_blocks=chosen.backward_blocks)
@@ -308,8 +309,8 @@ def chunked_attention(
       are computed. A causal call with a causal mask and no other, T a
       multiple of that size and S - T a multiple of block_k computes each
       diagonal square as three quarter tiles. Other causal calls use
-      square blocks of about 512 (with the same halving), padded by at
-      most one row per block, and compute their diagonal tiles on their
+      square blocks of about 512 (with the same halving), padded by fewer
+      than two rows per block, and compute their diagonal tiles on their
       own when S - T is a multiple of the block. When the
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
