@@ -237,7 +237,8 @@ def fixed_shift_applies(plan: Plan, value_dtype) -> bool:
   running sum and accumulator. Without a mask, every tile after a query
   block's first instead keeps the row maxima of that first tile as the
   shift. With a causal diagonal computed first (`Plan.split_diagonal`),
-  or with a window and no other mask (`Plan.shifts_by_own_logit`), every
+  or with a causal mask or a window and no other mask
+  (`Plan.shifts_by_own_logit`), every
   tile keeps each row's logit for its own position, which neither the
   causal mask nor a window hides. A logit above the shift gives a
   weight above 1, which float32 represents with the same relative

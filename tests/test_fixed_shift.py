@@ -76,7 +76,8 @@ def _chunked(query, key, value, causal, **options):
           deterministic=False), np.float32, True),
     (dict(), jnp.bfloat16, True),
     (dict(), jnp.float16, False),
-    (dict(is_causal=True, block_q=8, block_k=16), np.float32, False),
+    (dict(is_causal=True, block_q=8, block_k=16), np.float32, True),
+    (dict(is_causal=True, block_q=10, block_k=16), np.float32, False),
     (dict(local_window_size=(8, 0)), np.float32, True),
     (dict(local_window_size=(6, 6)), np.float32, True),
     (dict(is_causal=True, local_window_size=(20, 0)), np.float32, True),
@@ -88,7 +89,7 @@ def _chunked(query, key, value, causal, **options):
     (dict(score_mod=lambda score, *indices: score), np.float32, False),
     (dict(block_k=10), np.float32, True),
 ], ids=["plain", "causal", "soft-cap", "dropout", "bfloat16", "float16",
-        "causal-unsplit", "window", "symmetric-window", "causal-window",
+        "causal-unsplit", "causal-padded-queries", "window", "symmetric-window", "causal-window",
         "narrow-causal-window", "window-padded-queries", "window-key-lengths",
         "key-lengths", "score-mod", "ragged-key-blocks"])
 def test_fixed_shift_applies(options, dtype, expected):
@@ -201,6 +202,28 @@ def test_own_logit_window_matches_oracle(window, causal, rise, bounded):
   out, lse = _chunked(query, key, value, causal, local_window_size=window)
 
   np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+  np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_causal_unsplit_matches_oracle(name):
+  # Query blocks of 8 and key blocks of 16 cannot split the diagonal, so
+  # masked tiles shift each row by its own logit.
+  options, bounded = CASES[name]
+  blocks = dict(block_q=8, block_k=16)
+  query, key, value = _inputs(5, causal=True, **options)
+  plan = prepare(query, key, value, is_causal=True, **blocks).plan
+  assert not plan.split_diagonal
+  assert _bounded(query, key, value, is_causal=True, **blocks) == bounded
+  expected, expected_lse = _expected(query, key, value, True)
+
+  out, lse = jax.jit(lambda q, k, v: aj.chunked_attention(
+      q, k, v, is_causal=True, return_residual=True, **blocks))(
+          query, key, value)
+
+  scale = options.get("value_scale", 1.0)
+  np.testing.assert_allclose(np.asarray(out) / scale, expected / scale,
+                             **tolerance(np.float32))
   np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
 
 
