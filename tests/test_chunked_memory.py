@@ -45,8 +45,9 @@ def test_forward_temp_independent_of_query(is_causal):
   # The kernel slices query blocks straight from the caller's array and
   # writes each output block in place. So with a fixed key length, and a
   # query length of whole blocks (no padding), its temporary memory does
-  # not depend on the query length.
-  key = jax.ShapeDtypeStruct((1, 512, 2, 16), jnp.float32)
+  # not depend on the query length. Both lengths stay within the keys, so
+  # that a causal mask keeps every row's own key in both.
+  key = jax.ShapeDtypeStruct((1, 1024, 2, 16), jnp.float32)
 
   def temp_bytes(query_length):
     query = jax.ShapeDtypeStruct((1, query_length, 4, 16), jnp.float32)
