@@ -182,9 +182,9 @@ def padded_to_split(plan: Plan) -> Plan:
 
   `Plan.split_diagonal` needs T to be a multiple of the query block.
   Padding the keys by as many zero rows as the queries keeps the causal
-  offset S - T, so no real query can attend to a padded key. Returns `plan` itself
-  when it already splits, or when padding would not make it split or would
-  add more than `MAX_SPLIT_PADDING` of T.
+  offset S - T, so no real query can attend to a padded key. Returns
+  `plan` itself when it already splits, or when padding would not make it
+  split or would add more than `MAX_SPLIT_PADDING` of T.
   """
   pad = plan.padded_query_length - plan.query_length
   if not pad or pad > MAX_SPLIT_PADDING * plan.query_length:

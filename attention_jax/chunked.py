@@ -308,10 +308,11 @@ def chunked_attention(
       evenly over T (blocks of 550 at T = 1100), so that few padded rows
       are computed. A causal call with a causal mask and no other, T a
       multiple of that size and S - T a multiple of block_k computes each
-      diagonal square as three quarter tiles. Other causal calls use
-      square blocks of about 512 (with the same halving), padded by fewer
-      than two rows per block, and compute their diagonal tiles on their
-      own when S - T is a multiple of the block. When the
+      diagonal square on its own, as three quarter tiles when the block
+      has 1024 rows. Other causal calls do so with square blocks of about
+      512 (with the same halving), padded by fewer than two rows per
+      block, when S - T is a multiple of that block, and otherwise use
+      blocks spread evenly over T and S. When the
       tiles of the whole batch would exceed 2**21 logits and
       `jax.device_count()` is 1, the batch runs in chunks of sequences,
       one chunk after another. With more than one device, calls without

@@ -9,7 +9,7 @@ import attention_jax as aj
 import inputs
 import oracle
 from attention_jax import _tile_sizes
-from test_chunked_defaults import prepare
+from test_chunked_defaults import assert_gradients_match_reference, prepare
 from tolerances import tolerance
 
 NUM_HEADS, HEAD_DIM, VALUE_DIM = 6, 5, 7
@@ -150,15 +150,4 @@ def test_gradients_match_reference(name, small_defaults):
   cotangent = jax.random.normal(jax.random.key(3),
                                 query.shape[:-1] + (VALUE_DIM,))
 
-  def loss(implementation, query, key, value):
-    out = aj.dot_product_attention(query, key, value,
-                                   implementation=implementation, **options)
-    return jnp.sum(out * cotangent)
-
-  expected = jax.grad(loss, (1, 2, 3))("reference", query, key, value)
-  actual = jax.jit(jax.grad(loss, (1, 2, 3)), static_argnums=0)(
-      "chunked", query, key, value)
-
-  for index, (got, want) in enumerate(zip(actual, expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
-                               err_msg=f"gradient of argument {index}")
+  assert_gradients_match_reference(query, key, value, cotangent, **options)

@@ -46,13 +46,17 @@ def test_backward_blocks_default(query_len, key_len, options, expected):
   assert prepared.plan.backward_blocks == expected
 
 
-def test_backward_blocks_gradients_match_reference():
-  query, key, value = _inputs(1100, 700, seed=1)
-  cotangent = jax.random.normal(jax.random.key(2), query.shape)
+def assert_gradients_match_reference(query, key, value, cotangent,
+                                     **options):
+  """Check chunked gradients of `sum(out * cotangent)` against the reference.
+
+  `options` are keyword arguments of `dot_product_attention` for both
+  paths, which run with their default tiles.
+  """
 
   def loss(implementation, query, key, value):
     out = aj.dot_product_attention(query, key, value,
-                                   implementation=implementation)
+                                   implementation=implementation, **options)
     return jnp.sum(out * cotangent)
 
   expected = jax.grad(loss, (1, 2, 3))("reference", query, key, value)
@@ -62,6 +66,13 @@ def test_backward_blocks_gradients_match_reference():
   for index, (got, want) in enumerate(zip(actual, expected)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5,
                                err_msg=f"gradient of argument {index}")
+
+
+def test_backward_blocks_gradients_match_reference():
+  query, key, value = _inputs(1100, 700, seed=1)
+  cotangent = jax.random.normal(jax.random.key(2), query.shape)
+
+  assert_gradients_match_reference(query, key, value, cotangent)
 
 
 @pytest.mark.parametrize(
