@@ -170,7 +170,7 @@ def _prepare(
   chosen = _tile_sizes.choose(
       block_q=block_q, block_k=block_k, query_length=query_length,
       key_length=key_length, num_heads=num_heads, window=window,
-      is_causal=plan.is_causal, splits=splits)
+      is_causal=plan.is_causal, hides_keys=plan.hides_keys, splits=splits)
   plan = dataclasses.replace(
       plan, block_q=chosen.block_q, block_k=chosen.block_k,
       backward_blocks=chosen.backward_blocks)

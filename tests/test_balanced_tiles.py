@@ -23,6 +23,16 @@ def test_balanced_block_sizes(size, length, expected):
   assert _tile_sizes._balanced(size, length) == expected
 
 
+@pytest.mark.parametrize("block_q, length, size, expected",
+                         [(1024, 2048, 256, 256), (1024, 1024, 512, 512),
+                          (550, 1100, 256, 220), (700, 2100, 256, 350),
+                          (22, 66, 8, 11), (13, 13, 4, 13)])
+def test_backward_rows(block_q, length, size, expected):
+  # Spread blocks where they pad T no further than the forward's blocks,
+  # otherwise the divisor of the forward's block nearest to `size`.
+  assert _tile_sizes._backward_rows(block_q, length, size) == expected
+
+
 @pytest.mark.parametrize("length, expected",
                          [(1100, 368), (1300, 434), (2000, 500), (1536, 512),
                           (1, 2)])
@@ -40,9 +50,12 @@ def _zeros(query_len, key_len, num_heads=8):
 
 @pytest.mark.parametrize(
     "shape, options, expected",
-    [((1100, 1100), {}, (550, 367, (367, 367), 1101)),
-     ((2100, 2100), {}, (700, 420, (420, 420), 2100)),
-     ((4096, 4096), {}, (1024, 512, (512, 512), 4096)),
+    [((1100, 1100), {}, (550, 367, (220, 550), 1100)),
+     ((2100, 2100), {}, (700, 420, (350, 700), 2100)),
+     ((4096, 4096), {}, (1024, 512, (256, 1024), 4096)),
+     ((4096, 4096), dict(key_value_seq_lengths=jnp.array([3000])),
+      (1024, 512, (512, 512), 4096)),
+     ((2048, 1024), {}, (1024, 512, (512, 512), 2048)),
      ((768, 768), {}, (768, 384, None, 768)),
      ((1, 5000), {}, (1, 5000, None, 1)),
      ((3000, 3000), dict(local_window_size=(255, 255)),
@@ -52,7 +65,8 @@ def _zeros(query_len, key_len, num_heads=8):
      ((4000, 4000), dict(is_causal=True, local_window_size=(1023, 0)),
       (500, 500, None, 4000)),
      ((1100, 1100), dict(block_q=1024), (1024, 367, None, 2048))],
-    ids=["odd", "odd-exact", "whole-blocks", "short", "decode",
+    ids=["odd", "odd-exact", "whole-blocks", "key-lengths", "short-keys",
+         "short", "decode",
          "narrow-window", "causal-odd", "causal-whole-blocks",
          "causal-window-odd", "explicit-queries"])
 def test_default_tiles(shape, options, expected):
@@ -84,7 +98,8 @@ def small_defaults(monkeypatch):
                        ("CAUSAL_FALLBACK_BLOCKS", (16, 16)),
                        ("WINDOW_BLOCKS", (16, 16)),
                        ("NARROW_WINDOW_BLOCKS", (16, 8)),
-                       ("BACKWARD_BLOCKS", (16, 16))]:
+                       ("BACKWARD_BLOCKS", (16, 16)),
+                       ("NON_CAUSAL_BACKWARD_BLOCKS", (8, 32))]:
     monkeypatch.setattr(_tile_sizes, name, blocks)
 
 
@@ -97,20 +112,35 @@ def _inputs(seed, *, batch=(2,), query_len=40, key_len=40, num_kv_heads=3):
 
 
 def test_small_defaults_cover_both_passes(small_defaults):
-  # 40 queries: forward blocks of 20 pad nothing, backward blocks of 14
-  # pad 2 rows, so the queries are padded for the backward pass.
-  plan = prepare(*_inputs(0)).plan
+  # 40 queries over 31 keys: forward blocks of 20 pad nothing, backward
+  # blocks of 14 pad 2 rows, so the queries are padded for the backward
+  # pass.
+  plan = prepare(*_inputs(0, key_len=31)).plan
 
-  assert (plan.block_q, plan.block_k) == (20, 14)
-  assert plan.backward_blocks == (14, 14)
+  assert (plan.block_q, plan.block_k) == (20, 16)
+  assert plan.backward_blocks == (14, 16)
   assert plan.padded_query_length == 42
   assert plan.needs_bounds
+
+
+@pytest.mark.parametrize("query_len, key_len, expected",
+                         [(40, 40, (8, 20)), (40, 53, (8, 27)),
+                          (66, 66, (11, 22))])
+def test_small_defaults_wide_backward_tiles(small_defaults, query_len,
+                                            key_len, expected):
+  # Over more keys than one scaled-down wide block (32), without a mask:
+  # spread rows where they add no padding, else a divisor of the forward's.
+  plan = prepare(*_inputs(0, query_len=query_len, key_len=key_len)).plan
+
+  assert plan.backward_blocks == expected
+  assert plan.padded_query_length == plan.num_q_blocks * plan.block_q
 
 
 CASES = {
     "full": dict(),
     "longer-keys": dict(key_len=53),
     "mqa": dict(num_kv_heads=1),
+    "divisor-rows": dict(query_len=66, key_len=66),
     "causal": dict(is_causal=True),
     "causal-longer-keys": dict(is_causal=True, key_len=52),
     "causal-window": dict(is_causal=True, local_window_size=(15, 0)),
@@ -118,7 +148,8 @@ CASES = {
 
 
 def _split_options(options):
-  shape = {name: options[name] for name in ("key_len", "num_kv_heads")
+  shape = {name: options[name]
+           for name in ("query_len", "key_len", "num_kv_heads")
            if name in options}
   return shape, {name: value for name, value in options.items()
                  if name not in shape}
@@ -142,7 +173,8 @@ def test_forward_matches_oracle(name, small_defaults):
   np.testing.assert_allclose(lse, expected_lse, **tolerance(np.float32))
 
 
-@pytest.mark.parametrize("name", ["full", "longer-keys", "causal",
+@pytest.mark.parametrize("name", ["full", "longer-keys", "mqa",
+                                  "divisor-rows", "causal",
                                   "causal-longer-keys"])
 def test_gradients_match_reference(name, small_defaults):
   shape, options = _split_options(CASES[name])

@@ -33,13 +33,14 @@ def _inputs(query_len, key_len, seed=0):
 @pytest.mark.parametrize(
     "query_len, key_len, options, expected",
     [(1100, 700, {}, (367, 350)),
-     (2048, 2048, {}, (512, 512)),
+     (2048, 2048, {}, (256, 1024)),
+     (2048, 2048, dict(key_value_seq_lengths=jnp.array([1500])), (512, 512)),
      (1000, 2048, {}, None),
      (2048, 2048, dict(is_causal=True), (512, 512)),
      (1000, 1000, dict(is_causal=True), None),
      (2048, 2048, dict(block_q=1024), None)],
-    ids=["odd-lengths", "square", "short-queries", "causal", "causal-odd-length",
-         "explicit"])
+    ids=["odd-lengths", "square", "key-lengths", "short-queries", "causal",
+         "causal-odd-length", "explicit"])
 def test_backward_blocks_default(query_len, key_len, options, expected):
   prepared = prepare(*_inputs(query_len, key_len), **options)
 
@@ -120,7 +121,7 @@ def test_window_tiles(window, num_heads, expected):
 
   assert (plan.block_q, plan.block_k) == expected
   # Window tiles serve both passes.
-  assert plan.backward_blocks == (None if window else (512, 512))
+  assert plan.backward_blocks == (None if window else (256, 1024))
 
 
 @pytest.mark.parametrize(
