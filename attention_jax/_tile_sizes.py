@@ -59,21 +59,21 @@ CAUSAL_FALLBACK_BLOCKS = (512, 512)
 BACKWARD_BLOCKS = (512, 512)
 # Without a causal mask, a backward pass over more than one block of 1024
 # keys takes tiles of about 256 queries by 1024 keys, both spread evenly
-# (see `_backward_rows`), as many logits as (512, 512). On a
-# 2-core Xeon (8 heads, head dim 64), paired forward+backward runs took
-# 162 against 168 ms at T = S = 2048 (1.03x to 1.05x in four runs), 642
-# against 663 ms at 4096, 60 against 71 ms at 1100 (tiles of 220 by 550)
-# and 370 against 378 ms at 3000; within 3% at
-# 1536 (tiles of 256 or 384 by 768). With 2 key/value
-# heads at 2048: 148 against 155 ms; with one: 155 against 154 ms. The
-# products that contract over the head dimension ran at 1.8 against
-# 2.25 ms per tile, and the query gradient's product at 0.6 against
-# 1.05 ms. (192, 1024), (384, 1024) and (256, 768) were 1% to 8% slower
-# than (512, 512) at 2048, and (256, 1024) with a single key block of
-# 1024 (T = S = 1024) 14% slower, since XLA then fuses the loop step
-# differently. A mask keeps (512, 512): with key lengths of 1500 of 2048,
-# narrower key blocks skip more of the hidden keys, and (256, 1024) took
-# 180 against 152 ms.
+# (see `_backward_rows`), as many logits as (512, 512). On a 2-core Xeon
+# (8 heads, head dim 64), paired forward+backward runs took 162 against
+# 168 ms at T = S = 2048 (1.01x to 1.05x in seven runs), 642 against
+# 663 ms at 4096, 60 against 71 ms at 1100 (tiles of 220 by 550) and 370
+# against 378 ms at 3000, and were within 3% at 1536 (tiles of 256 or 384
+# by 768). With 2 key/value heads at 2048 they took 148 against 155 ms,
+# and with one 155 against 154 ms. In the profile, the products that
+# contract over the head dimension took 1.8 against 2.25 ms per tile, and
+# the query gradient's product 0.6 against 1.05 ms. (192, 1024),
+# (384, 1024) and (256, 768) were 1% to 8% slower than (512, 512) at
+# 2048. (256, 1024) with a single key block of 1024 (T = S = 1024) was
+# 14% slower, and its profile showed the loop step fused differently. A
+# mask that hides keys keeps (512, 512): with key lengths of 1500 of
+# 2048, narrower key blocks skip more of the hidden keys, and (256, 1024)
+# took 180 against 152 ms.
 NON_CAUSAL_BACKWARD_BLOCKS = (256, 1024)
 # Query blocks shrink (down to 256) while a tile would contain more logits
 # than this, so that tiles of many heads stay near 16 MB in float32. With 64
