@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import attention_jax as aj
+import hooks
 import inputs
 import oracle
 from attention_jax import _tile_sizes
@@ -183,3 +184,30 @@ def test_gradients_match_reference(name, small_defaults):
                                 query.shape[:-1] + (VALUE_DIM,))
 
   assert_gradients_match_reference(query, key, value, cotangent, **options)
+
+
+FEATURES = {
+    "bias": lambda: dict(bias=jax.random.normal(
+        jax.random.key(5), (2, NUM_HEADS, 40, 40))),
+    "hooks": lambda: dict(logits_soft_cap=2.0,
+                          score_mod=hooks.distance_penalty),
+    "dropout": lambda: dict(dropout_rate=0.25,
+                            dropout_rng=jax.random.key(6)),
+}
+
+
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_wide_backward_tiles_with_features(name, small_defaults):
+  # A bias, hooks or dropout hide no keys, so they keep the wide tiles.
+  query, key, value = _inputs(4)
+  options = FEATURES[name]()
+  bias = options.pop("bias", None)
+  cotangent = jax.random.normal(jax.random.key(7),
+                                query.shape[:-1] + (VALUE_DIM,))
+
+  plan = prepare(query, key, value, bias, deterministic=False,
+                 **options).plan
+
+  assert plan.backward_blocks == (8, 20)
+  assert_gradients_match_reference(query, key, value, cotangent, bias=bias,
+                                   **options)
