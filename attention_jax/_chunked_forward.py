@@ -3,7 +3,7 @@
 Each query block walks the range of key blocks that its causal or window
 mask can reach, keeping a running maximum, normalizer and weighted sum
 (FlashAttention, Dao et al. 2022), and stores only the output and the
-per-row log-sum-exp.
+per-row log-sum-exp. One tile's step is `_online_softmax.tile_update`.
 
 With a causal mask whose diagonal runs through whole tiles (see
 `Plan.split_diagonal`), a query block attends to the key blocks left of its
@@ -31,9 +31,9 @@ import numpy as np
 
 from attention_jax import _attend
 from attention_jax import _chunked_tiles as tiles
-from attention_jax import _packed_heads
+from attention_jax import _online_softmax as online
 from attention_jax import _tile_ranges as ranges
-from attention_jax._blocks import Plan, tile_of
+from attention_jax._blocks import Plan
 
 
 def causal_patterns(block_q: int, block_k: int) -> np.ndarray:
@@ -47,85 +47,6 @@ def causal_patterns(block_q: int, block_k: int) -> np.ndarray:
   keys = np.arange(block_k)[None, :]
   masks = [m * block_k + keys <= rows for m in range(block_q // block_k)]
   return np.stack(masks)[:, None, None, None]
-
-
-def _empty_state(flat: int, rows: int, features: int):
-  return (jnp.full((flat, rows, 1), -jnp.inf, tiles.F32),
-          jnp.zeros((flat, rows, 1), tiles.F32),
-          jnp.zeros((flat, rows, features), tiles.F32))
-
-
-def _tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
-                 params, state, mask, fixed_shift: bool = False):
-  """Fold one tile into the running `(row_max, total, acc)` of its rows.
-
-  `mask` is the broadcastable tile mask, or None when every entry is
-  visible. With `fixed_shift`, the weights are shifted by `row_max` as it
-  is, with no maximum pass over the tile (see `fixed_shift_applies`).
-  """
-  batch_size = key.shape[0]
-  row_max, total, acc = state
-  # The tile's mask replaces the logits of hidden keys, so only their
-  # values need zeros.
-  k_rows = tiles.key_rows(plan, aux, key, k_start, plan.packs_heads,
-                          zero=False)
-  v_rows = tiles.key_rows(
-      plan, aux, value, k_start, plan.packs_heads,
-      zero=mask is not None and plan.zero_hidden_values)
-  logits = tiles.tile_logits(
-      plan, aux, batch_size, q_start, k_start, q_rows, k_rows,
-      tile_of(plan, bias, q_start, k_start), params)
-  valid = tiles.valid_entries(plan, mask, logits)
-  if valid is not None:
-    logits = jnp.where(valid, logits, -jnp.inf)
-  if fixed_shift:
-    new_max, shift, correction = row_max, row_max, None
-  else:
-    new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
-    # A row with nothing visible yet keeps a maximum of -inf; shift it by 0
-    # so that exp gives 0 instead of NaN.
-    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
-    correction = jnp.exp(row_max - shift)
-  probs = jnp.exp(logits - shift)
-  # Low-precision weights are rounded once, in the exp pass. The running
-  # sum adds those rounded weights in float32, so each output is normalized
-  # by the sum of the weights it actually used.
-  rounded = tiles.round_to(probs, value.dtype)
-  total = _rescaled(total, correction) + jnp.sum(
-      rounded, -1, keepdims=True, dtype=tiles.F32)
-  # Dropout acts on the normalized weights, so it scales only the weighted
-  # sum, never the normalizer.
-  dropout = tiles.dropout_scale(plan, aux, batch_size, q_start, k_start)
-  if dropout is not None:
-    rounded = tiles.round_to(probs * dropout, value.dtype)
-  if plan.packs_heads:
-    weighted = _packed_heads.weighted_values(plan, rounded, v_rows)
-  else:
-    weighted = jnp.einsum("xrs,xsv->xrv", rounded, v_rows,
-                          preferred_element_type=tiles.F32)
-  acc = _rescaled(acc, correction) + weighted
-  return new_max, total, acc
-
-
-def _rescaled(x, correction):
-  return x if correction is None else x * correction
-
-
-def _after(x: jax.Array, state) -> jax.Array:
-  """Return rows `x` unchanged, computed only once `state` of the same rows is.
-
-  XLA's CPU runtime starts every operation whose inputs are ready, so tiles
-  with no data dependency run their matrix products at the same time and
-  compete for the same cores. On a 2-core Xeon, a causal forward pass at
-  T = 1024 whose three quarters ran at once took 30 to 32 ms, against 24
-  to 25 ms with this dependency. The comparison is False for every float,
-  NaN included, so the added term is exactly 0 and no NaN or infinity in
-  `state` reaches `x`.
-  """
-  # Row by row, so that a sharded batch or head axis needs no collective.
-  total = state[1]
-  zero = jnp.where(total > jnp.inf, 1.0, 0.0)
-  return x + zero.astype(x.dtype)
 
 
 def _join_halves(plan: Plan, top, bottom):
@@ -186,14 +107,16 @@ def _diagonal_state(plan: Plan, aux, query, key, value, bias, params,
   k_start = q_start + plan.key_length - plan.query_length
   flat = key.shape[0] * plan.num_kv_heads
   q_rows = tiles.scaled_query_rows(plan, query, q_start)
-  state = _empty_state(flat, plan.group_size * plan.block_q, value.shape[-1])
+  state = online.empty_state(flat, plan.group_size * plan.block_q,
+                             value.shape[-1])
   if fixed_shift:
     state = (_own_logits(plan, aux, q_rows, key, q_start), *state[1:])
   patterns = jnp.asarray(causal_patterns(plan.block_q, plan.block_k))
   for index in range(plan.block_q // plan.block_k):
-    state = _tile_update(plan, aux, q_rows, q_start,
-                         k_start + index * plan.block_k, key, value, bias,
-                         params, state, patterns[index], fixed_shift)
+    state = online.tile_update(plan, aux, q_rows, q_start,
+                               k_start + index * plan.block_k, key, value,
+                               bias, params, state, patterns[index],
+                               fixed_shift)
   return state
 
 
@@ -214,16 +137,17 @@ def _quartered_diagonal_state(plan: Plan, aux, query, key, value, bias,
   previous = None
   for rows in (0, half):
     q_rows = tiles.scaled_query_rows(sub, query, q_start + rows)
-    state = _empty_state(flat, plan.group_size * half, value.shape[-1])
+    state = online.empty_state(flat, plan.group_size * half, value.shape[-1])
     if fixed_shift:
       shift = _own_logits(sub, aux, q_rows, key, q_start + rows)
       state = (shift, *state[1:])
     for keys in range(0, rows + half, half):
       if previous is not None:
-        q_rows = _after(q_rows, previous)
-      state = _tile_update(sub, aux, q_rows, q_start + rows, k_start + keys,
-                           key, value, bias, params, state,
-                           lower if keys == rows else None, fixed_shift)
+        q_rows = online.after(q_rows, previous)
+      state = online.tile_update(sub, aux, q_rows, q_start + rows,
+                                 k_start + keys, key, value, bias, params,
+                                 state, lower if keys == rows else None,
+                                 fixed_shift)
       previous = state
     states.append(state)
   return _join_halves(plan, *states)
@@ -270,20 +194,21 @@ _ACCUMULATOR_LIMIT = 1e36
 
 
 def _visitor(plan: Plan, fixed_shift: bool, q_start, q_rows, key, value, bias,
-             aux, params, window_edge: bool = False):
+             aux, params, window_edge: bool = False, empty: bool = False):
   """Return `visit(k_block_index, state)`, which folds in one key block.
 
   `window_edge` marks key blocks at a window's far edge under the causal
   split, which get their mask but no test for being empty: the window
   shows the first of them to the block's first row, and the rest to more.
+  `empty` is passed on to `online.tile_update`.
   """
   batch_size = key.shape[0]
 
   def visit(k_block_index, state):
     k_start, first_new = tiles.key_start(plan, k_block_index)
-    update = lambda state, mask: _tile_update(
+    update = lambda state, mask: online.tile_update(
         plan, aux, q_rows, q_start, k_start, key, value, bias, params,
-        state, mask, fixed_shift)
+        state, mask, fixed_shift, empty)
     if plan.split_diagonal and not window_edge:
       # Every other key block left of the diagonal is visible in full.
       return update(state, None)
@@ -331,18 +256,18 @@ def _pass(plan: Plan, fixed_shift: bool, query, key, value, bias, aux,
                      aux, params, window_edge=True), init)
         first = edge
     else:
-      init = _empty_state(flat, rows, value.shape[-1])
+      init = online.empty_state(flat, rows, value.shape[-1])
       if fixed_shift and plan.shifts_by_own_logit:
         init = (_own_logits(plan, aux, q_rows, key, q_start), *init[1:])
     if fixed_shift and not plan.shifts_by_own_logit:
       # The first key block sets the shift of every row.
       init = _visitor(plan, False, q_start, q_rows, key, value, bias, aux,
-                      params)(first, init)
+                      params, empty=True)(first, init)
       first = first + 1
       # With one key block left, XLA inlines the loop and would start its
       # products alongside the first tile's. At T = S = 1024 (8 heads, 2-core
       # Xeon) the forward pass took 21.5 ms in order against 28.7 ms.
-      visit = _visitor(plan, fixed_shift, q_start, _after(q_rows, init),
+      visit = _visitor(plan, fixed_shift, q_start, online.after(q_rows, init),
                        key, value, bias, aux, params)
     row_max, total, acc = jax.lax.fori_loop(first, last, visit, init)
     out_buffer, logsumexp_buffer, bounded = outputs
