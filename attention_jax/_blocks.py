@@ -92,15 +92,19 @@ class Plan:
     return self.key_length % self.block_k != 0
 
   @property
+  def has_data_masks(self) -> bool:
+    """Whether a mask depends on data: dense, lengths, segments, mask_mod."""
+    return (self.has_mask or self.has_query_lengths or self.has_key_lengths
+            or self.has_segments or self.mask_mod is not None)
+
+  @property
   def hides_keys(self) -> bool:
     """Whether a mask hides keys, apart from the last key block's overlap.
 
     That overlap (`needs_bounds`) hides only keys that the block before it
     already counted.
     """
-    return (self.uses_positions or self.has_mask or self.has_query_lengths
-            or self.has_key_lengths or self.has_segments
-            or self.mask_mod is not None)
+    return self.uses_positions or self.has_data_masks
 
   @property
   def split_diagonal(self) -> bool:
@@ -117,10 +121,7 @@ class Plan:
     block boundary.
     """
     offset = self.key_length - self.query_length
-    other_masks = (self.has_offset
-                   or self.has_mask or self.has_query_lengths
-                   or self.has_key_lengths or self.has_segments
-                   or self.mask_mod is not None)
+    other_masks = self.has_offset or self.has_data_masks
     if self.window is not None and self.window[0] < self.block_q - 1:
       return False
     return (self.is_causal and not other_masks and offset >= 0
@@ -144,9 +145,7 @@ class Plan:
     if self.split_diagonal:
       return True
     offset = self.key_length - self.query_length
-    other_masks = (self.has_offset or self.has_mask or self.has_query_lengths
-                   or self.has_key_lengths or self.has_segments
-                   or self.mask_mod is not None)
+    other_masks = self.has_offset or self.has_data_masks
     shows_own_key = (self.is_causal if self.window is None
                      else min(self.window) >= 0)
     return (shows_own_key and not other_masks and offset >= 0

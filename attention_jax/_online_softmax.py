@@ -55,8 +55,8 @@ def tile_update(plan: Plan, aux, q_rows, q_start, k_start, key, value, bias,
     new_max, shift, correction = row_max, row_max, None
   else:
     new_max = jnp.maximum(row_max, jnp.max(logits, -1, keepdims=True))
-    # A row with nothing visible yet keeps a maximum of -inf; shift it by 0
-    # so that exp gives 0 instead of NaN.
+    # A row with nothing visible yet keeps a maximum of -inf, so it is
+    # shifted by 0 and exp gives 0 instead of NaN.
     shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
     correction = jnp.exp(row_max - shift)
   probs = jnp.exp(logits - shift)

@@ -323,7 +323,11 @@ def chunked_attention(
       than 512 keys), or more keys when T is shorter than a query block,
       keeping the tile area, but with a window no more than its width
       rounded up to a power of two. The same number of blocks is then
-      spread evenly over S.
+      spread evenly over S. When both are None and the defaults pick
+      1024 queries per tile (no window, T of at least 1024, few heads),
+      the backward pass takes tiles of its own: about 512 by 512, or
+      about 256 queries by 1024 keys over more than 1024 keys when no
+      causal or other mask hides keys.
 
   Returns:
     The output `[B..., T, N, H_v]`, or `(output, logsumexp [B..., T, N])`
