@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from attention_jax import _cpu_cache
+
 # Large tiles amortize the fixed cost of each loop step. Without a mask,
 # 1024 queries per tile ran about 10% faster than 512 on a 2-core Xeon
 # (forward at 4096: 200 ms against 224 ms, jax.jit matmul at about 260
@@ -74,7 +76,17 @@ BACKWARD_BLOCKS = (512, 512)
 # mask that hides keys keeps (512, 512): with key lengths of 1500 of
 # 2048, narrower key blocks skip more of the hidden keys, and (256, 1024)
 # took 180 against 152 ms.
+# That Xeon has 2 MB of L2 cache per core. On a 2-core AMD EPYC (Zen 4,
+# 1 MB per core), the same tiles were slower than (512, 512): 0.94x to
+# 0.97x at 2048 in four paired runs, 0.92x at 1536, 0.98x at 3000 and
+# 0.96x at 4096. There, (256, 512), (512, 256), (1024, 256) and
+# (256, 768) were 1% to 11% slower too. So the wide tiles apply only
+# where the L2 cache of a core (`_cpu_cache`) holds at least
+# `WIDE_BACKWARD_MIN_L2_BYTES`.
+# Left alone: at 1100, where they cover the keys in two blocks of 550,
+# they were 1.10x as fast on that EPYC as well.
 NON_CAUSAL_BACKWARD_BLOCKS = (256, 1024)
+WIDE_BACKWARD_MIN_L2_BYTES = 2 * 1024 * 1024
 # Query blocks shrink (down to 256) while a tile would contain more logits
 # than this, so that tiles of many heads stay near 16 MB in float32. With 64
 # heads in one tile, 256 to 1024 queries timed the same. A large batch is
@@ -215,6 +227,15 @@ def _backward_rows(block_q: int, query_length: int, size: int) -> int:
   return min(divisors, key=lambda d: max(d / size, size / d))
 
 
+def wide_backward_tiles_fit() -> bool:
+  """Return whether the host's L2 cache suits `NON_CAUSAL_BACKWARD_BLOCKS`.
+
+  False where the cache size is unknown, which keeps `BACKWARD_BLOCKS`.
+  """
+  size = _cpu_cache.l2_bytes_per_core()
+  return size is not None and size >= WIDE_BACKWARD_MIN_L2_BYTES
+
+
 def choose(*, block_q: int | None, block_k: int | None, query_length: int,
            key_length: int, num_heads: int, window, is_causal: bool,
            hides_keys: bool, splits: Callable[[int, int, bool], bool]
@@ -230,7 +251,7 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
   take blocks spread evenly over T and S (`_balanced`). Without a causal
   mask, and with no mask that hides keys (`hides_keys`, as
   `Plan.hides_keys`), the backward pass over more than 1024 keys takes
-  tiles of `NON_CAUSAL_BACKWARD_BLOCKS`.
+  tiles of `NON_CAUSAL_BACKWARD_BLOCKS` where `wide_backward_tiles_fit`.
   """
   default = _default_blocks(DEFAULT_BLOCKS, window, num_heads)
   lengths = (query_length, key_length, window, num_heads)
@@ -238,7 +259,8 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
     tiles = Tiles(*_resolve(default, block_q, block_k, *lengths,
                             balance=True))
     if (tiles.backward_blocks is not None and not hides_keys
-        and key_length > NON_CAUSAL_BACKWARD_BLOCKS[1]):
+        and key_length > NON_CAUSAL_BACKWARD_BLOCKS[1]
+        and wide_backward_tiles_fit()):
       rows, keys = NON_CAUSAL_BACKWARD_BLOCKS
       tiles = tiles._replace(backward_blocks=(
           _backward_rows(tiles.block_q, query_length, rows),

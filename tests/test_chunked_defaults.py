@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 import attention_jax as aj
-from attention_jax import chunked
+from attention_jax import _cpu_cache, chunked
+
+# The default tiles below are those of a host with 2 MB of L2 cache per
+# core; `test_narrow_l2_keeps_square_backward_tiles` covers smaller ones.
+pytestmark = pytest.mark.usefixtures("wide_l2_cache")
 
 
 def prepare(query, key, value, bias=None, **options):
@@ -45,6 +49,17 @@ def test_backward_blocks_default(query_len, key_len, options, expected):
   prepared = prepare(*_inputs(query_len, key_len), **options)
 
   assert prepared.plan.backward_blocks == expected
+
+
+@pytest.mark.parametrize("l2_bytes", [1 << 20, None])
+def test_narrow_l2_keeps_square_backward_tiles(monkeypatch, l2_bytes):
+  # With 1 MB of L2 cache per core, or an unknown size, the wide tiles
+  # were slower, so the backward pass keeps `BACKWARD_BLOCKS`.
+  monkeypatch.setattr(_cpu_cache, "l2_bytes_per_core", lambda: l2_bytes)
+
+  prepared = prepare(*_inputs(2048, 2048))
+
+  assert prepared.plan.backward_blocks == (512, 512)
 
 
 def assert_gradients_match_reference(query, key, value, cotangent,
