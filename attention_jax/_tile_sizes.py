@@ -77,10 +77,10 @@ BACKWARD_BLOCKS = (512, 512)
 # 2048, narrower key blocks skip more of the hidden keys, and (256, 1024)
 # took 180 against 152 ms.
 # That Xeon has 2 MB of L2 cache per core. On a 2-core AMD EPYC (Zen 4,
-# 1 MB per core), the same tiles were slower than (512, 512): 0.94x to
-# 0.97x at 2048 in four paired runs, 0.92x at 1536, 0.98x at 3000 and
-# 0.96x at 4096. There, (256, 512), (512, 256), (1024, 256) and
-# (256, 768) were 1% to 11% slower too. So the wide tiles apply only
+# 1 MB per core), the same tiles were slower than (512, 512): 0.88x to
+# 0.98x as fast at 2048 in five paired runs, 0.92x at 1536, 0.98x at
+# 3000 and 0.96x at 4096. There, (256, 512), (512, 256), (1024, 256) and
+# (256, 768) ran 0.90x to 0.99x as fast. So the wide tiles apply only
 # where the L2 cache of a core (`_cpu_cache`) holds at least
 # `WIDE_BACKWARD_MIN_L2_BYTES`.
 # Left alone: at 1100, where they cover the keys in two blocks of 550,
