@@ -116,15 +116,18 @@ def _inputs(seed, *, batch=(2,), query_len=40, key_len=40, num_kv_heads=3):
   return tuple(jnp.asarray(array, np.float32) for array in arrays)
 
 
-def test_small_defaults_cover_both_passes(small_defaults):
-  # 40 queries over 31 keys: forward blocks of 20 pad nothing, backward
-  # blocks of 14 pad 2 rows, so the queries are padded for the backward
-  # pass.
-  plan = prepare(*_inputs(0, key_len=31)).plan
+@pytest.mark.parametrize("query_len, expected_rows",
+                         [(40, (20, 20)), (48, (24, 16))])
+def test_small_defaults_cover_both_passes(small_defaults, query_len,
+                                          expected_rows):
+  # Over 31 keys the backward pass keeps square tiles. With 40 queries,
+  # blocks of 14 would pad 2 rows, so it takes the forward's 20. With 48,
+  # blocks of 16 pad nothing.
+  plan = prepare(*_inputs(0, query_len=query_len, key_len=31)).plan
 
-  assert (plan.block_q, plan.block_k) == (20, 16)
-  assert plan.backward_blocks == (14, 16)
-  assert plan.padded_query_length == 42
+  assert (plan.block_q, plan.backward_blocks[0]) == expected_rows
+  assert (plan.block_k, plan.backward_blocks[1]) == (16, 16)
+  assert plan.padded_query_length == query_len
   assert plan.needs_bounds
 
 
@@ -146,6 +149,7 @@ CASES = {
     "longer-keys": dict(key_len=53),
     "mqa": dict(num_kv_heads=1),
     "divisor-rows": dict(query_len=66, key_len=66),
+    "short-keys": dict(query_len=48, key_len=31),
     "causal": dict(is_causal=True),
     "causal-longer-keys": dict(is_causal=True, key_len=52),
     "causal-window": dict(is_causal=True, local_window_size=(15, 0)),
@@ -179,7 +183,7 @@ def test_forward_matches_oracle(name, small_defaults):
 
 
 @pytest.mark.parametrize("name", ["full", "longer-keys", "mqa",
-                                  "divisor-rows", "causal",
+                                  "divisor-rows", "short-keys", "causal",
                                   "causal-longer-keys"])
 def test_gradients_match_reference(name, small_defaults):
   shape, options = _split_options(CASES[name])

@@ -36,7 +36,7 @@ def _inputs(query_len, key_len, seed=0):
 
 @pytest.mark.parametrize(
     "query_len, key_len, options, expected",
-    [(1100, 700, {}, (367, 350)),
+    [(1100, 700, {}, (550, 350)),
      (2048, 2048, {}, (256, 1024)),
      (2048, 2048, dict(key_value_seq_lengths=jnp.array([1500])), (512, 512)),
      (1000, 2048, {}, None),
@@ -53,8 +53,8 @@ def test_backward_blocks_default(query_len, key_len, options, expected):
 
 @pytest.mark.parametrize("l2_bytes", [1 << 20, None])
 def test_narrow_l2_keeps_square_backward_tiles(monkeypatch, l2_bytes):
-  # With 1 MB of L2 cache per core, or an unknown size, the wide tiles
-  # were slower, so the backward pass keeps `BACKWARD_BLOCKS`.
+  # With 1 MB of L2 cache per core, where the wide tiles were slower, or
+  # an unknown size, the backward pass keeps `BACKWARD_BLOCKS`.
   monkeypatch.setattr(_cpu_cache, "l2_bytes_per_core", lambda: l2_bytes)
 
   prepared = prepare(*_inputs(2048, 2048))
@@ -85,7 +85,9 @@ def assert_gradients_match_reference(query, key, value, cotangent,
 
 
 def test_backward_blocks_gradients_match_reference():
-  query, key, value = _inputs(1100, 700, seed=1)
+  # Forward tiles of (768, 350), backward tiles of (512, 350).
+  query, key, value = _inputs(1536, 700, seed=1)
+  assert prepare(query, key, value).plan.backward_blocks == (512, 350)
   cotangent = jax.random.normal(jax.random.key(2), query.shape)
 
   assert_gradients_match_reference(query, key, value, cotangent)
