@@ -62,8 +62,10 @@ def read_l2_bytes(cache_dir: str = CACHE_DIR) -> int | None:
 def l2_bytes_per_core() -> int | None:
   """Return the host's L2 cache per core in bytes, or None if unknown.
 
-  The size is that of the first CPU's L2 cache, which x86 processors give
-  each core. It is read once per process.
+  The size is that of the first CPU's L2 cache, which on most x86
+  processors belongs to that core alone (the efficiency cores of Intel's
+  hybrid processors share theirs in clusters of four). It is read once per
+  process.
   """
   size = read_l2_bytes()
   logger.debug("L2 cache of cpu0: %s bytes", size)
