@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -31,6 +32,13 @@ def _key(name: str):
     return int(name) if isinstance(name, str) and name.isdigit() else name
 
 
+def _on_one_device(metadata: Any) -> Any:
+    """Return restore targets on this process's first device for saved array metadata."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), metadata)
+
+
 def checkpoints_folder(path: str) -> str:
     """Return the checkpoints folder for a run folder or a checkpoints folder."""
     if not os.path.isdir(path):
@@ -52,12 +60,16 @@ def load_trained_model(path: str) -> tuple[TransformerLM, Tokenizer, int]:
     """
     folder = checkpoints_folder(path)
     model_config, tokenizer = load_model_files(folder)
-    manager = ocp.CheckpointManager(os.path.abspath(folder))
+    manager = ocp.CheckpointManager(
+        os.path.abspath(folder), item_handlers={"state": ocp.StandardCheckpointHandler()})
     step = manager.latest_step()
     if step is None:
         raise UserInputError(f"no saved step found in {folder}; train first")
+    # Without a target, orbax restores each array onto the devices it was
+    # saved from, so it rejects a multi-device run's checkpoint on one device.
+    target = _on_one_device(manager.item_metadata(step)["state"])
     restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     manager.close()
 
     model = TransformerLM(model_config, rngs=nnx.Rngs(0))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,3 +90,24 @@ def test_train_command_parallel_options(corpus, tmp_path):
     ])
   assert status == 0
   assert "bits per byte" in stdout.getvalue()
+
+
+def test_one_device_loads_parallel_checkpoint(corpus, tmp_path):
+  # A run over a 2 x 4 device mesh saves arrays with that mesh's sharding.
+  # `attention-jax generate` on one device must still load them.
+  output = tmp_path / "out"
+  train(TrainConfig(data=corpus, output=str(output), **TINY,
+                    data_parallel=2, sequence_parallel=4))
+  environment = {name: value for name, value in os.environ.items()
+                 if name != "XLA_FLAGS"}
+  script = ("import sys, jax\n"
+            "from attention_jax.training.restore import load_trained_model\n"
+            "_, _, step = load_trained_model(sys.argv[1])\n"
+            "print(jax.device_count(), step)\n")
+
+  result = subprocess.run([sys.executable, "-c", script, str(output)],
+                          env=environment, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["1", "3"]
