@@ -297,3 +297,16 @@ def test_explicit_warmup_is_kept():
     assert TrainConfig(steps=20, warmup_steps=7).effective_warmup_steps == 7
     with pytest.raises(UserInputError, match="warmup_steps=20 must be less than steps=20"):
         TrainConfig(steps=20, warmup_steps=20).validate()
+
+
+@pytest.mark.parametrize("seq_len, expected", [(128, 64), (64, 64), (32, 32), (2, 2)])
+def test_default_snippet_fits_short_windows(seq_len, expected):
+    config = TrainConfig(seq_len=seq_len)
+    config.validate()
+    assert config.effective_snippet_len == expected
+
+
+def test_explicit_snippet_is_checked():
+    assert TrainConfig(seq_len=32, snippet_len=10).effective_snippet_len == 10
+    with pytest.raises(UserInputError, match="snippet_len must be between 2 and seq_len=32, but got 64"):
+        TrainConfig(seq_len=32, snippet_len=64).validate()

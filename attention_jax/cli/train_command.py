@@ -8,7 +8,7 @@ import os
 
 from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.cli.logs import configure_logging
-from attention_jax.training.config import TrainConfig
+from attention_jax.training.config import DEFAULT_SNIPPET_LEN, TrainConfig
 from attention_jax.training.mechanisms import MECHANISM_CHOICES
 from attention_jax.training.model import ATTENTION_CHOICES
 from attention_jax.training.run import train
@@ -108,7 +108,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     resume.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                         help="start from step 0, deleting the output folder's checkpoints")
     outputs.add_argument("--snippet-len", type=int, default=_DEFAULTS.snippet_len,
-                         help="tokens of the validation snippet used for attention heat maps and as sampling prompt")
+                         help="tokens of the validation snippet used for attention heat maps and as sampling prompt "
+                         f"(default: {DEFAULT_SNIPPET_LEN}, or --seq-len if shorter)")
     outputs.add_argument("--sample-tokens", type=int, default=_DEFAULTS.sample_tokens,
                          help="tokens to sample after the prompt")
     outputs.add_argument("--temperature", type=float, default=_DEFAULTS.temperature, help="sampling temperature")

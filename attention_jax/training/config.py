@@ -9,6 +9,8 @@ from attention_jax.training.errors import UserInputError, check_integers
 from attention_jax.training.model import ModelConfig
 from attention_jax.training.tokenizers import TOKENIZER_CHOICES
 
+DEFAULT_SNIPPET_LEN = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -61,7 +63,8 @@ class TrainConfig:
     # None resumes from the latest checkpoint in the output folder if there is one.
     # True requires a checkpoint; False starts over and replaces existing checkpoints.
     resume: bool | None = None
-    snippet_len: int = 64
+    # None takes min(64, seq_len) tokens.
+    snippet_len: int | None = None
     sample_tokens: int = 400
     temperature: float = 0.8
 
@@ -74,6 +77,13 @@ class TrainConfig:
         if self.warmup_steps is not None:
             return self.warmup_steps
         return min(50, self.steps // 8)
+
+    @property
+    def effective_snippet_len(self) -> int:
+        """Return the snippet length: `snippet_len`, or min(64, seq_len) when it is None."""
+        if self.snippet_len is not None:
+            return self.snippet_len
+        return min(DEFAULT_SNIPPET_LEN, self.seq_len)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -131,9 +141,9 @@ class TrainConfig:
             raise UserInputError(f"grad_clip must be positive, but got {self.grad_clip}")
         if not self.temperature > 0:
             raise UserInputError(f"temperature must be positive, but got {self.temperature}")
-        if not 2 <= self.snippet_len <= self.seq_len:
+        if not 2 <= self.effective_snippet_len <= self.seq_len:
             raise UserInputError(
-                f"snippet_len must be between 2 and seq_len={self.seq_len}, but got {self.snippet_len}"
+                f"snippet_len must be between 2 and seq_len={self.seq_len}, but got {self.effective_snippet_len}"
             )
         if not self.output:
             raise UserInputError("output must name a folder, but got an empty string")

@@ -269,8 +269,8 @@ def _write_outputs(
     )
     files["loss_plot"] = loss_path
 
-    start = _snippet_start(validation_tokens, tokenizer, config.snippet_len)
-    snippet = validation_tokens[start : start + config.snippet_len]
+    start = _snippet_start(validation_tokens, tokenizer, config.effective_snippet_len)
+    snippet = validation_tokens[start : start + config.effective_snippet_len]
     graphdef, state = nnx.split(model)
     layer_weights = _attention_weights(state, snippet[None, :], graphdef=graphdef)
     labels = [tokenizer.token_text(int(token)) for token in snippet]
@@ -289,7 +289,7 @@ def _write_outputs(
     samples_path = os.path.join(config.output, "samples.txt")
     with open(samples_path, "w", encoding="utf-8") as file:
         file.write(
-            f"# Prompt: {config.snippet_len} tokens from the validation split. "
+            f"# Prompt: {config.effective_snippet_len} tokens from the validation split. "
             f"Sampled {config.sample_tokens} tokens at temperature {config.temperature}, seed {config.seed}.\n"
         )
         file.write("# --- prompt ---\n")
