@@ -36,7 +36,7 @@ from attention_jax.models.bert import sentence_embeddings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT = "inspect-output"
+DEFAULT_OUTPUT = "runs/inspect"
 
 # Temperature dividing the cosine similarities of the proxy loss. A small
 # value keeps the softmax sharp, so the loss reacts to small drifts.

@@ -182,7 +182,7 @@ def load_corpus(
     for index, file_path in enumerate(paths):
         if max_bytes is not None and total_bytes >= max_bytes:
             logger.warning(
-                "Stopped reading the corpus at %.1f MB; %d more files were not read (raise the size limit to use them)",
+                "Stopped reading the corpus at %.1f MiB; %d more files were not read (raise the size limit to use them)",
                 total_bytes / 2**20,
                 len(paths) - index,
             )
@@ -206,10 +206,14 @@ def load_corpus(
         )
     train, validation = split_documents(documents, validation_fraction)
     logger.info(
-        "Corpus %s: %d files for training, %d for validation, %d binary or unreadable files skipped",
+        "Corpus %s: %s for training, %s for validation, %d binary or unreadable skipped",
         source,
-        len(train),
-        len(validation),
+        _count_files(len(train)),
+        _count_files(len(validation)),
         skipped,
     )
     return Corpus(source=source, train=train, validation=validation, skipped_files=skipped)
+
+
+def _count_files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
