@@ -22,7 +22,8 @@ the matmul rate of the same moment.
     python benchmarks/attention_speed.py --kv-heads 2     # grouped-query attention, 4 query heads per key head
     python benchmarks/attention_speed.py --long 131072    # peak memory of one long causal pass
 
-Results go to `--output-dir` as attention_speed.json, attention_speed.md and
+Results go to `--output-dir` (benchmarks/results, or benchmarks/results/quick
+with --quick) as attention_speed.json, attention_speed.md and
 attention_speed.png; runs with a window mask or --kv-heads add _window or
 _gqa to the name.
 """
@@ -55,6 +56,8 @@ from attention_speed_lib.timing import TOLERANCES, benchmark_group, config_group
 
 DEFAULT_LENGTHS = (1024, 2048, 4096)
 QUICK_LENGTHS = (512, 1024)
+RESULTS_DIR = "benchmarks/results"
+QUICK_RESULTS_DIR = "benchmarks/results/quick"
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +106,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
              "float32 at either --dtype) when their estimated size exceeds this many GiB (default: 4)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    parser.add_argument("--output-dir", default="benchmarks/results", help="folder for the JSON, Markdown and PNG results (default: benchmarks/results)")
+    parser.add_argument(
+        "--output-dir", default=None,
+        help=f"folder for the JSON, Markdown and PNG results (default: {RESULTS_DIR}, or {QUICK_RESULTS_DIR} "
+             "with --quick, so that a quick run leaves the committed results alone)",
+    )
     parser.add_argument(
         "--long", type=int, default=None, metavar="LENGTH",
         help="instead of the comparison, run one causal chunked forward pass at this length in a child "
@@ -123,6 +130,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.lengths = list(QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
+    if args.output_dir is None:
+        args.output_dir = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
     sizes = {"--lengths": min(args.lengths), "--repeats": args.repeats, "--batch": args.batch,
              "--heads": args.heads, "--head-dim": args.head_dim}
     for option, value in sizes.items():

@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
+import attention_speed  # noqa: E402
 from attention_speed_lib.configs import FORWARD, Config, make_inputs  # noqa: E402
 from attention_speed_lib.contenders import mask_arguments  # noqa: E402
 
@@ -65,3 +66,11 @@ def test_inputs_give_keys_their_own_heads():
   assert inputs.key.shape == (2, 6, 2, 8)
   assert inputs.value.shape == (2, 6, 2, 8)
   assert inputs.cotangent.shape == (2, 6, 4, 8)
+
+
+@pytest.mark.parametrize("argv, expected",
+                         [([], "benchmarks/results"),
+                          (["--quick"], "benchmarks/results/quick"),
+                          (["--quick", "--output-dir", "out"], "out")])
+def test_quick_runs_keep_committed_results(argv, expected):
+  assert attention_speed.parse_args(argv).output_dir == expected
