@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from attention_jax.cli.main import main
+from attention_jax.cli.train_command import with_flag_names
 
 TINY_OPTIONS = [
     "--attention", "flax",
@@ -193,11 +194,11 @@ def test_too_little_text_fails_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (["--steps", "-5"], "steps must be a positive integer, but got -5"),
-        (["--num-heads", "5", "--width", "32"], "num_heads=5 must divide width=32"),
-        (["--warmup-steps", "10", "--steps", "10"], "warmup_steps=10 must be less than steps=10"),
-        (["--learning-rate", "0"], "learning_rate must be positive"),
-        (["--snippet-len", "300", "--seq-len", "256"], "snippet_len must be between 2 and seq_len=256"),
+        (["--steps", "-5"], "--steps must be a positive integer, but got -5"),
+        (["--num-heads", "5", "--width", "32"], "--num-heads 5 must divide --width 32"),
+        (["--warmup-steps", "10", "--steps", "10"], "--warmup-steps 10 must be less than --steps 10"),
+        (["--learning-rate", "0"], "--learning-rate must be positive"),
+        (["--snippet-len", "300", "--seq-len", "256"], "--snippet-len must be between 2 and --seq-len 256"),
     ],
 )
 def test_invalid_option_fails_in_one_line(options, expected, tmp_path, capsys):
@@ -239,3 +240,17 @@ def test_module_entry_point_shows_help():
     assert completed.returncode == 0, completed.stderr
     assert "--data" in completed.stdout
     assert "--attention" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("batch_size=7 must be divisible by data_parallel=2", "--batch-size 7 must be divisible by --data-parallel 2"),
+        ("the checkpoint is at step 40, beyond steps=30", "the checkpoint is at step 40, beyond --steps 30"),
+        ("seq_len must be at least 2", "--seq-len must be at least 2"),
+        ("data path not found: runs/seq_len/x.txt", "data path not found: runs/seq_len/x.txt"),
+        ("data path not found: seq_len/data_parallel=2", "data path not found: seq_len/data_parallel=2"),
+    ],
+)
+def test_train_errors_name_flags(message, expected):
+    assert with_flag_names(message) == expected

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import re
 
 from attention_jax.cli.help_format import DefaultsHelpFormatter
 from attention_jax.cli.logs import configure_logging
 from attention_jax.training.config import DEFAULT_SNIPPET_LEN, TrainConfig
+from attention_jax.training.errors import UserInputError
 from attention_jax.training.mechanisms import MECHANISM_CHOICES
 from attention_jax.training.model import ATTENTION_CHOICES
 from attention_jax.training.run import train
@@ -117,6 +120,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+
+def with_flag_names(message: str) -> str:
+    """Return a TrainConfig error message with its field names written as this command's flags.
+
+    `name=value` becomes `--name value`, and so does a name that starts the
+    message before "must". Names with an underscore become flags wherever
+    they stand. Other one-word names (data, output, steps) stay, because
+    they are also plain words.
+    """
+    # Names inside a path (after or before a slash) stay as they are.
+    before, after = r"(?<![\w/\\.-])", r"(?![\w/\\])"
+    for name in _FIELDS:
+        flag = "--" + name.replace("_", "-")
+        message = re.sub(rf"{before}{name}=", f"{flag} ", message)
+        message = re.sub(rf"^{name}(?= must\b)", flag, message)
+        if "_" in name:
+            message = re.sub(rf"{before}{name}{after}", flag, message)
+    return message
+
+
 def _format_duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
@@ -127,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(logging.WARNING if args.quiet else logging.INFO)
     options = {name: value for name, value in vars(args).items() if name not in ("command", "run", "quiet", "argv")}
     config = TrainConfig(**options)
-    result = train(config, progress=not args.quiet)
+    try:
+        result = train(config, progress=not args.quiet)
+    except UserInputError as error:
+        raise UserInputError(with_flag_names(str(error))) from error
 
     unit = result.unit
     print()
