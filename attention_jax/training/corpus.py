@@ -206,7 +206,7 @@ def load_corpus(
         )
     train, validation = split_documents(documents, validation_fraction)
     logger.info(
-        "Corpus %s: %s for training, %s for validation, %d binary or unreadable skipped",
+        "Corpus %s: %s for training, %s for validation, %d binary or unreadable files skipped",
         source,
         _count_files(len(train)),
         _count_files(len(validation)),
