@@ -87,8 +87,8 @@ BACKWARD_BLOCKS = (512, 512)
 # 0.98x as fast at 2048 in five paired runs, 0.92x at 1536, 0.98x at
 # 3000 and 0.96x at 4096. There, (256, 512), (512, 256), (1024, 256) and
 # (256, 768) ran 0.90x to 0.99x as fast. So the wide tiles apply only
-# where the L2 cache of a core (`_cpu_cache`) holds at least
-# `WIDE_BACKWARD_MIN_L2_BYTES`.
+# where each core has at least `WIDE_BACKWARD_MIN_L2_BYTES` of L2 cache
+# (`_cpu_cache`).
 # Left alone: at 1100, where they cover the keys in two blocks of 550,
 # they were 1.10x as fast on that EPYC as well.
 NON_CAUSAL_BACKWARD_BLOCKS = (256, 1024)
@@ -174,17 +174,13 @@ def _resolve(default, block_q, block_k, query_length: int, key_length: int,
   """Return `(block_q, block_k, backward_blocks)` from `default`.
 
   With `balance`, default sizes are spread evenly over T and S
-  (`_balanced`). A causal call that splits needs the sizes as they are.
+  (`_balanced`), and backward query blocks come from `_backward_rows`. A
+  causal call that splits needs the sizes as they are.
   """
   default_q, default_k = default
   spread = _balanced if balance else lambda size, length: size
-  backward_blocks = None
-  if (block_q is None and block_k is None and default == DEFAULT_BLOCKS
-      and query_length >= default_q):
-    backward_blocks = (
-        spread(BACKWARD_BLOCKS[0], query_length),
-        block_size("block_k", spread(BACKWARD_BLOCKS[1], key_length),
-                   key_length))
+  own_backward = (block_q is None and block_k is None
+                  and default == DEFAULT_BLOCKS and query_length >= default_q)
   if block_k is None:
     rows = min(default_q if block_q is None else block_q, query_length)
     block_k = max(default_k, default_q * default_k // max(rows, 1))
@@ -201,6 +197,15 @@ def _resolve(default, block_q, block_k, query_length: int, key_length: int,
   if block_q is None:
     block_q = spread(default_q, query_length)
   block_q = block_size("block_q", block_q, query_length)
+  backward_blocks = None
+  if own_backward:
+    rows = BACKWARD_BLOCKS[0]
+    if balance:
+      rows = _backward_rows(block_q, query_length, rows)
+    backward_blocks = (
+        rows,
+        block_size("block_k", spread(BACKWARD_BLOCKS[1], key_length),
+                   key_length))
   return block_q, block_size("block_k", block_k, key_length), backward_blocks
 
 
@@ -266,15 +271,14 @@ def choose(*, block_q: int | None, block_k: int | None, query_length: int,
   if not is_causal:
     tiles = Tiles(*_resolve(default, block_q, block_k, *lengths,
                             balance=True))
-    if tiles.backward_blocks is None:
-      return tiles
-    rows, key_block = BACKWARD_BLOCKS[0], tiles.backward_blocks[1]
-    if (not hides_keys and key_length > NON_CAUSAL_BACKWARD_BLOCKS[1]
+    if (tiles.backward_blocks is not None and not hides_keys
+        and key_length > NON_CAUSAL_BACKWARD_BLOCKS[1]
         and wide_backward_tiles_fit()):
       rows, keys = NON_CAUSAL_BACKWARD_BLOCKS
-      key_block = _balanced(keys, key_length)
-    return tiles._replace(backward_blocks=(
-        _backward_rows(tiles.block_q, query_length, rows), key_block))
+      tiles = tiles._replace(backward_blocks=(
+          _backward_rows(tiles.block_q, query_length, rows),
+          _balanced(keys, key_length)))
+    return tiles
   if block_q is not None or block_k is not None:
     return Tiles(*_resolve(default, block_q, block_k, *lengths))
   resolved = _resolve(default, None, None, *lengths)

@@ -9,7 +9,7 @@ import attention_jax as aj
 from attention_jax import _cpu_cache, chunked
 
 # The default tiles below are those of a host with 2 MB of L2 cache per
-# core; `test_narrow_l2_keeps_square_backward_tiles` covers smaller ones.
+# core. `test_narrow_l2_keeps_square_backward_tiles` covers smaller caches.
 pytestmark = pytest.mark.usefixtures("wide_l2_cache")
 
 
