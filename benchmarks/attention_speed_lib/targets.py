@@ -16,8 +16,8 @@ class Target:
     minimum: float
     unit: str  # "x" for a time ratio, "%" for a fraction of the matmul rate
     measure: Callable[[dict], float | None]
-    # For a ratio to a peer: the peer's row, whose share of the matmul rate
-    # times the minimum is the share the chunked path would need to meet it.
+    # The peer's row, for a ratio to a peer. Its share of the matmul rate
+    # times the minimum is the share the chunked path needs to meet it.
     peer_row: Callable[[dict], dict | None] | None = None
 
 
@@ -77,8 +77,7 @@ def evaluate_targets(rows: list[dict]) -> list[dict[str, Any]]:
             "measured": value,
             "met": None if value is None else value >= target.minimum,
             # The chunked path's share of the matmul rate at which the ratio
-            # would equal the minimum: above 100%, no arrangement of matrix
-            # products at this machine's matmul rate can meet the target.
+            # equals the minimum. Above 100%, the target is out of reach.
             "needed_fraction_of_matmul": None if peer is None else peer["fraction_of_matmul"] * target.minimum,
         })
     return results
